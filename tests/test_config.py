@@ -1,0 +1,164 @@
+"""prs.conf parsing and validation: every option, every refusal names file, section, key."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from prsmodule import EXECUTABLE, ROOT, prs
+
+GOOD = """
+[proxmox]
+api_host = 127.0.0.1:1
+api_user = root@pam
+api_pass = topsecret
+"""
+
+
+def write(tmp_path, text, name="prs.conf"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_defaults(tmp_path):
+    cfg = prs.load_config(write(tmp_path, GOOD))
+    assert cfg.api_hosts == (prs.ApiHost("127.0.0.1", 1),)
+    assert (cfg.method, cfg.mode, cfg.balanciness) == ("memory", "used", 10.0)
+    assert (cfg.daemon, cfg.schedule, cfg.verify, cfg.timeout) == (True, 24.0, True, 60.0)
+    assert (cfg.parallel_migrations, cfg.max_migrations, cfg.node_reserve) == (1, 0, 10.0)
+    assert cfg.allow_local_disks and not cfg.migrate_containers
+    assert cfg.ignore_nodes == frozenset() and cfg.ignore_vms == frozenset()
+
+
+def test_shipped_example_is_valid_as_it_stands():
+    cfg = prs.load_config(os.path.join(ROOT, "prs.conf"))
+    assert cfg.api_token_id == "balancer" and not cfg.api_pass
+    assert [str(h) for h in cfg.api_hosts] == ["pve1.example.com:8006", "pve2.example.com:8006"]
+    assert cfg.daemon and cfg.schedule == 24
+
+
+def test_every_option(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    cfg = prs.load_config(write(tmp_path, """
+        [proxmox]
+        api_host = pve1, 10.0.0.2:8007, [::1]:8006
+        api_user = rebal@pve
+        api_token_id = rebal@pve!balancer
+        api_token_secret = 5f0c3c0e-1111-2222-3333-444444444444
+        ca_file = %s
+        timeout = 90
+        [balancing]
+        method = CPU
+        mode = assigned
+        balanciness = 7.5
+        ignore_nodes = pve9, pve8
+        ignore_vms = 101, web-1
+        maintenance_nodes = pve3
+        max_migrations = 12
+        parallel_migrations = 3
+        allow_local_disks = 0
+        migrate_containers = yes
+        node_reserve = 20
+        [service]
+        daemon = 0
+        schedule = 0.5
+        retry_minutes = 5
+        migration_timeout = 30
+        log_level = debug
+        """ % ca))
+    assert [str(h) for h in cfg.api_hosts] == ["pve1:8006", "10.0.0.2:8007", "::1:8006"]
+    assert (cfg.api_token_id, cfg.verify, cfg.timeout) == ("balancer", str(ca), 90.0)
+    assert (cfg.method, cfg.mode, cfg.balanciness) == ("cpu", "assigned", 7.5)
+    assert cfg.ignore_nodes == {"pve9", "pve8"} and cfg.ignore_vms == {"101", "web-1"}
+    assert cfg.maintenance_nodes == {"pve3"}
+    assert (cfg.max_migrations, cfg.parallel_migrations, cfg.node_reserve) == (12, 3, 20.0)
+    assert not cfg.allow_local_disks and cfg.migrate_containers
+    assert (cfg.daemon, cfg.schedule, cfg.retry_minutes, cfg.migration_timeout) == (False, 0.5, 5.0, 30.0)
+    policy = cfg.policy(drain=["pve4"])
+    assert policy.drain_nodes == {"pve3", "pve4"} and policy.reserve == pytest.approx(0.2)
+
+
+BAD = [
+    ("[proxmox]\napi_host = h\napi_user = root@pam\napi_pass = x\n[extra]\n", "[extra]", "unknown section"),
+    (GOOD + "metod = cpu\n", "[proxmox] metod", "unknown key"),
+    (GOOD + "[balancing]\nmethod = mem\n", "[balancing] method", "not one of memory, disk, cpu"),
+    (GOOD + "[balancing]\nmode = average\n", "[balancing] mode", "not one of used, assigned"),
+    (GOOD + "[balancing]\nbalanciness = ten\n", "[balancing] balanciness", "not a number"),
+    (GOOD + "[balancing]\nbalanciness = 0\n", "[balancing] balanciness", "out of range"),
+    (GOOD + "[balancing]\nparallel_migrations = 1.5\n", "[balancing] parallel_migrations", "whole number"),
+    (GOOD + "[balancing]\nmax_migrations = -1\n", "[balancing] max_migrations", "out of range"),
+    (GOOD + "[balancing]\nallow_local_disks = maybe\n", "[balancing] allow_local_disks", "not a boolean"),
+    (GOOD + "[balancing]\nignore_vms = 12\n", "[balancing] ignore_vms", "not a valid VMID"),
+    (GOOD + "[balancing]\nignore_nodes = pve 1\n", "[balancing] ignore_nodes", "not a valid node name"),
+    (GOOD + "[balancing]\nignore_nodes = pve1\nmaintenance_nodes = pve1\n",
+     "[balancing] maintenance_nodes", "also in ignore_nodes"),
+    (GOOD + "[service]\nschedule = 0\n", "[service] schedule", "out of range"),
+    (GOOD + "[service]\ndaemon = 2\n", "[service] daemon", "not a boolean"),
+    (GOOD + "[service]\nlog_level = loud\n", "[service] log_level", "not one of"),
+    ("[proxmox]\napi_user = root@pam\napi_pass = x\n", "[proxmox] api_host", "missing"),
+    ("[proxmox]\napi_host = h:99999\napi_user = root@pam\napi_pass = x\n", "[proxmox] api_host", "host:port"),
+    ("[proxmox]\napi_host = h\napi_user = root\napi_pass = x\n", "[proxmox] api_user", "user@realm"),
+    ("[proxmox]\napi_host = h\napi_user = root@pam\n", "[proxmox] api_pass", "no credentials"),
+    ("[proxmox]\napi_host = h\napi_user = root@pam\napi_pass = x\napi_token_id = t\napi_token_secret = s\n",
+     "[proxmox] api_pass", "not both"),
+    ("[proxmox]\napi_host = h\napi_user = root@pam\napi_token_id = t\n", "[proxmox] api_token_secret", "missing"),
+    ("[proxmox]\napi_host = h\napi_user = a@pve\napi_token_id = b@pve!t\napi_token_secret = s\n",
+     "[proxmox] api_token_id", "belongs to"),
+    (GOOD + "verify_ssl = 0\nca_file = /etc/hostname\n", "[proxmox] ca_file", "contradicts verify_ssl"),
+    (GOOD + "ca_file = /nonexistent/ca.pem\n", "[proxmox] ca_file", "not a readable file"),
+    ("just text\n", "not a valid config file", ""),
+]
+
+
+@pytest.mark.parametrize("text,where,why", BAD, ids=[b[1] + " " + b[2] for b in BAD])
+def test_refusals_name_file_section_key_and_reason(tmp_path, text, where, why):
+    path = write(tmp_path, text)
+    with pytest.raises(prs.ConfigError) as err:
+        prs.load_config(path)
+    message = str(err.value)
+    assert message.startswith(path + ": ") and where in message and why in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(prs.ConfigError, match="cannot read"):
+        prs.load_config(str(tmp_path / "absent.conf"))
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, EXECUTABLE, *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_cli_bad_config_one_line_exit_2_no_api_call(tmp_path):
+    # api_host points at a port nothing listens on: an API call would end in exit 3.
+    path = write(tmp_path, GOOD + "[balancing]\nmethod = ram\n")
+    result = run("-c", path, "--once")
+    assert result.returncode == prs.EXIT_CONFIG
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[balancing] method" in lines[0] and "'ram'" in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_cli_unreachable_api_exit_3_one_line(tmp_path):
+    result = run("-c", write(tmp_path, GOOD), "--once")
+    assert result.returncode == prs.EXIT_API
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "unreachable" in lines[0]
+    assert "topsecret" not in result.stderr + result.stdout
+
+
+def test_cli_check_config_and_version(tmp_path):
+    result = run("-c", write(tmp_path, GOOD), "--check-config")
+    assert result.returncode == 0 and result.stdout.strip().endswith(": OK")
+    version = run("--version")
+    assert version.stdout.strip() == "proxmox-rebalancing-service " + prs.__version__
+
+
+def test_cli_usage_error_exit_2():
+    result = run("--drain", "bad node!")
+    assert result.returncode == 2 and "not a node name" in result.stderr

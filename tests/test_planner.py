@@ -1,0 +1,271 @@
+"""The planning core, by property over random clusters (hypothesis) and by example."""
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prsmodule import prs
+
+GIB = prs.GIB
+Node, Guest, Policy = prs.Node, prs.Guest, prs.Policy
+
+
+def cluster(node_specs, guests, base_mem=2 * GIB):
+    """Nodes whose metrics are what their running guests use, plus a base."""
+    nodes = {}
+    for name, spec in node_specs.items():
+        on = [g for g in guests.values() if g.node == name]
+        nodes[name] = Node(
+            name, online=spec.get("online", True), maxcpu=spec.get("maxcpu", 32),
+            cpu=0.5 + sum(g.cpu for g in on if g.running),
+            maxmem=spec.get("maxmem", 128 * GIB),
+            mem=base_mem + sum(g.mem for g in on if g.running),
+            maxdisk=spec.get("maxdisk", 2000 * GIB), disk=sum(g.disk for g in on),
+            ha_maintenance=spec.get("ha_maintenance", False))
+    return nodes
+
+
+def apply(nodes, guests, plan):
+    """The cluster after the plan, with node metrics following the guests."""
+    moved = dict(guests)
+    for m in plan.moves:
+        moved[m.vmid] = dataclasses.replace(moved[m.vmid], node=m.target)
+    specs = {n.name: {"online": n.online, "maxcpu": n.maxcpu, "maxmem": n.maxmem,
+                      "maxdisk": n.maxdisk, "ha_maintenance": n.ha_maintenance} for n in nodes.values()}
+    return cluster(specs, moved), moved
+
+
+@st.composite
+def clusters(draw):
+    n = draw(st.integers(2, 7))
+    specs = {}
+    for i in range(n):
+        specs["pve%d" % (i + 1)] = {
+            "maxmem": draw(st.sampled_from([32, 64, 128, 256])) * GIB,
+            "maxcpu": draw(st.sampled_from([8, 16, 32, 64])),
+            "maxdisk": draw(st.sampled_from([500, 1000, 4000])) * GIB,
+            "online": draw(st.booleans()) if i == n - 1 and n > 2 else True,
+        }
+    names = sorted(specs)
+    guests = {}
+    for i in range(draw(st.integers(0, 40))):
+        vmid = 100 + i
+        maxmem = draw(st.sampled_from([0.5, 1, 2, 4, 8, 16, 32])) * GIB
+        running = draw(st.booleans()) or draw(st.booleans())
+        guests[vmid] = Guest(
+            vmid, "g%d" % (vmid % 7),  # names repeat on purpose: guests are keyed by VMID
+            draw(st.sampled_from(["qemu", "qemu", "qemu", "lxc"])),
+            draw(st.sampled_from(names[: max(1, len(names) // 2)] + names)),
+            running=running, maxmem=int(maxmem),
+            mem=int(maxmem * draw(st.floats(0.1, 1.0))) if running else 0,
+            maxcpu=draw(st.sampled_from([1, 2, 4, 8])),
+            cpu=draw(st.floats(0, 4)) if running else 0.0,
+            disk=draw(st.sampled_from([0, 0, 10, 50, 200])) * GIB,
+            template=draw(st.integers(0, 15)) == 0, lock="backup" if draw(st.integers(0, 15)) == 0 else "",
+            ha=draw(st.integers(0, 6)) == 0, hastate="started")
+    policy = Policy(
+        method=draw(st.sampled_from(prs.METHODS)), mode=draw(st.sampled_from(prs.MODES)),
+        balanciness=draw(st.sampled_from([5.0, 10.0, 20.0])),
+        reserve=draw(st.sampled_from([0.0, 0.1])),
+        ignore_nodes=frozenset(draw(st.lists(st.sampled_from(names), max_size=1))),
+        ignore_vms=frozenset(draw(st.lists(st.sampled_from(["100", "101", "g3"]), max_size=2))),
+        migrate_containers=draw(st.booleans()), max_migrations=draw(st.sampled_from([0, 0, 3])))
+    return cluster(specs, guests), guests, policy
+
+
+def usage(nodes, guests, policy):
+    load = prs._Load(nodes, guests, policy)
+    return {n: load.usage(n) for n in nodes}, load
+
+
+def balanced_names(nodes, policy):
+    return [n for n in nodes if prs.node_role(nodes[n], policy) == "" and
+            prs.node_capacity(nodes[n], policy) > 0]
+
+
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(clusters())
+def test_moves_are_safe_and_allowed(data):
+    nodes, guests, policy = data
+    plan = prs.plan(nodes, guests, policy)
+    seen = set()
+    for m in plan.moves:
+        g = guests[m.vmid]
+        assert m.vmid not in seen, "a guest moves at most once"
+        seen.add(m.vmid)
+        assert m.source == g.node and m.target != m.source
+        assert prs.immovable_reason(g, policy, nodes) == "", "only movable guests move"
+        assert prs.node_role(nodes[m.target], policy) == "", "never onto ignored/offline/drained nodes"
+    if policy.max_migrations:
+        assert len(plan.moves) <= policy.max_migrations
+    # Replay the plan move by move: every target stays within capacity minus reserve in
+    # each resource the moved guest adds to.
+    keep = 1 - policy.reserve
+    current_nodes, current_guests = nodes, guests
+    for i, m in enumerate(plan.moves):
+        g = guests[m.vmid]
+        step = dataclasses.replace(plan, moves=plan.moves[i:i + 1])
+        current_nodes, current_guests = apply(current_nodes, current_guests, step)
+        _, load = usage(current_nodes, current_guests, policy)
+        n = current_nodes[m.target]
+        if g.running:
+            assert load.commit[m.target] <= n.maxmem * keep + 1, "configured memory fits"
+            assert n.mem <= n.maxmem * keep + 1, "used memory fits"
+        if g.disk:
+            assert n.disk <= n.maxdisk * keep + 1, "local disks fit"
+        if prs.guest_load(g, policy):
+            assert load.load[m.target] <= load.cap[m.target] * keep + 1e-6
+
+
+@PROPS
+@given(clusters())
+def test_balance_improves_and_stops_at_the_threshold(data):
+    nodes, guests, policy = data
+    plan = prs.plan(nodes, guests, policy)
+    names = balanced_names(nodes, policy)
+    before, _ = usage(nodes, guests, policy)
+    after_nodes, after_guests = apply(nodes, guests, plan)
+    after, _ = usage(after_nodes, after_guests, policy)
+    spread_before = prs.spread_of(before[n] for n in names)
+    spread_after = prs.spread_of(after[n] for n in names)
+    assert spread_after <= spread_before + 1e-6, "the spread never grows"
+    assert spread_after == pytest.approx(plan.spread_after, abs=1e-6), "the plan predicts the result"
+    if spread_before <= policy.balanciness:
+        assert plan.moves == (), "no migration when nothing needs it"
+    if len(plan.moves) > 1:
+        # it stopped as soon as the spread reached the threshold: without the last move it was above
+        shorter = dataclasses.replace(plan, moves=plan.moves[:-1])
+        n2, g2 = apply(nodes, guests, shorter)
+        u2, _ = usage(n2, g2, policy)
+        assert prs.spread_of(u2[n] for n in names) > policy.balanciness
+    if spread_after > policy.balanciness and names and len(names) > 1:
+        assert "no further move" in plan.verdict or "max_migrations" in plan.verdict
+
+
+@PROPS
+@given(clusters())
+def test_every_move_strictly_improves_without_overshoot(data):
+    nodes, guests, policy = data
+    plan = prs.plan(nodes, guests, policy)
+    current_nodes, current_guests = nodes, guests
+    for i, m in enumerate(plan.moves):
+        u, _ = usage(current_nodes, current_guests, policy)
+        step = dataclasses.replace(plan, moves=plan.moves[i:i + 1])
+        current_nodes, current_guests = apply(current_nodes, current_guests, step)
+        u2, _ = usage(current_nodes, current_guests, policy)
+        assert u2[m.target] < u[m.source], "the target never ends above where the source was"
+        assert u2[m.source] < u[m.source] or prs.guest_load(guests[m.vmid], policy) == 0
+
+
+@PROPS
+@given(clusters())
+def test_idempotent_and_deterministic(data):
+    nodes, guests, policy = data
+    plan = prs.plan(nodes, guests, policy)
+    assert prs.plan(nodes, guests, policy) == plan
+    after_nodes, after_guests = apply(nodes, guests, plan)
+    unlimited = dataclasses.replace(policy, max_migrations=0)
+    if not policy.max_migrations:
+        assert prs.plan(after_nodes, after_guests, unlimited).moves == ()
+
+
+@PROPS
+@given(clusters(), st.data())
+def test_drain_empties_the_node_or_says_why(data, draw):
+    nodes, guests, policy = data
+    online = [n for n in sorted(nodes) if nodes[n].online and n not in policy.ignore_nodes]
+    if len(online) < 2:
+        return
+    victim = draw.draw(st.sampled_from(online))
+    policy = dataclasses.replace(policy, drain_nodes=frozenset([victim]), max_migrations=0)
+    plan = prs.plan(nodes, guests, policy)
+    on_victim = {g.vmid for g in guests.values() if g.node == victim}
+    leaving = {m.vmid for m in plan.moves if m.source == victim}
+    reported = {s.vmid for s in plan.stuck}
+    assert leaving | reported == on_victim and not leaving & reported
+    assert all(m.target != victim for m in plan.moves), "nothing moves onto a drained node"
+    assert all(s.reason for s in plan.stuck)
+    assert [m.drain for m in plan.moves] == sorted((m.drain for m in plan.moves), reverse=True)
+
+
+def simple(loads, size=None, maxmem=100 * GIB):
+    """Nodes n0.. with equal capacity holding guests of the given sizes (GiB of memory)."""
+    guests, vmid = {}, 100
+    for i, sizes in enumerate(loads):
+        for s in sizes:
+            guests[vmid] = Guest(vmid, "vm%d" % vmid, "qemu", "n%d" % i, maxmem=int(s * GIB),
+                                 mem=int(s * GIB), maxcpu=1, cpu=0.1)
+            vmid += 1
+    specs = {"n%d" % i: {"maxmem": maxmem} for i in range(len(loads))}
+    return cluster(specs, guests, base_mem=0), guests
+
+
+def test_already_balanced_says_why():
+    nodes, guests = simple([[30], [34], [26]])
+    plan = prs.plan(nodes, guests, Policy(reserve=0))
+    assert plan.moves == () and plan.verdict == "spread 8.0 points <= balanciness 10: nothing to do"
+
+
+def test_one_hot_node_fewest_moves():
+    # 90 / 50 / 50 / 50 / 50: three 10 GiB moves reach 60 60 60 50 60; 4 moves would be wasteful.
+    nodes, guests = simple([[10] * 9, [10] * 5, [10] * 5, [10] * 5, [10] * 5])
+    plan = prs.plan(nodes, guests, Policy(reserve=0))
+    assert len(plan.moves) == 3 and plan.spread_after <= 10
+
+
+def test_one_empty_node_fewest_moves():
+    # 60 60 60 60 0 (12 GiB guests): four moves of one guest each reach 48 48 48 48 48.
+    nodes, guests = simple([[12] * 5, [12] * 5, [12] * 5, [12] * 5, []])
+    plan = prs.plan(nodes, guests, Policy(reserve=0))
+    assert len(plan.moves) == 4 and plan.spread_after <= 10
+    assert {m.target for m in plan.moves} == {"n4"}
+
+
+def test_prefers_the_move_that_copies_least():
+    # Either the 20 GiB guest with no local disk or the one with a 500 GiB local disk fixes it.
+    nodes, guests = simple([[20, 20, 20], []])
+    guests[101] = dataclasses.replace(guests[101], disk=500 * GIB)
+    nodes = cluster({"n0": {"maxmem": 100 * GIB}, "n1": {"maxmem": 100 * GIB}}, guests, base_mem=0)
+    plan = prs.plan(nodes, guests, Policy(reserve=0))
+    assert [m.vmid for m in plan.moves] == [100]
+
+
+def test_capacity_is_never_exceeded_even_to_balance():
+    # The empty node is small: the 40 GiB guest would overload it, so nothing moves.
+    guests = {100: Guest(100, "big", "qemu", "n0", maxmem=40 * GIB, mem=40 * GIB),
+              101: Guest(101, "big2", "qemu", "n0", maxmem=40 * GIB, mem=40 * GIB)}
+    nodes = cluster({"n0": {"maxmem": 100 * GIB}, "n1": {"maxmem": 40 * GIB}}, guests, base_mem=0)
+    plan = prs.plan(nodes, guests, Policy(reserve=0.1))
+    assert plan.moves == () and "no further move" in plan.verdict
+
+
+def test_cpu_units_are_cores_not_fractions():
+    node = prs.parse_node({"node": "a", "status": "online", "cpu": 0.25, "maxcpu": 64,
+                           "mem": 1, "maxmem": 2})
+    guest = prs.parse_guest({"vmid": 101, "type": "qemu", "node": "a", "status": "running",
+                             "cpu": 0.5, "maxcpu": 8, "mem": 1 * GIB, "memhost": 3 * GIB,
+                             "maxmem": 4 * GIB, "disk": 0})
+    assert node.cpu == 16.0 and guest.cpu == 4.0
+    assert guest.mem == 3 * GIB, "memory is the host's view (memhost), not the balloon's"
+    assert guest.disk == 0
+
+
+def test_drain_places_large_first_onto_the_emptiest():
+    nodes, guests = simple([[30, 10], [40], [20]])
+    plan = prs.plan(nodes, guests, Policy(reserve=0, drain_nodes=frozenset(["n0"])))
+    assert [(m.vmid, m.target) for m in plan.moves[:2]] == [(100, "n2"), (101, "n2")] or \
+        [(m.vmid, m.target) for m in plan.moves[:2]] == [(100, "n2"), (101, "n1")]
+    assert plan.moves[0].drain and plan.stuck == ()
+    assert [n.role for n in plan.nodes] == ["drained", "", ""]
+
+
+def test_drain_reports_what_does_not_fit():
+    nodes, guests = simple([[60, 30], [50], [40]])
+    plan = prs.plan(nodes, guests, Policy(reserve=0.1, drain_nodes=frozenset(["n0"])))
+    assert [m.vmid for m in plan.moves] == [101]
+    assert [(s.vmid, s.reason[:20]) for s in plan.stuck] == [(100, "no node has room (n1")]
