@@ -33,11 +33,18 @@ def test_defaults(tmp_path):
     assert cfg.ignore_nodes == frozenset() and cfg.ignore_vms == frozenset()
 
 
-def test_shipped_example_is_valid_as_it_stands():
-    cfg = prs.load_config(os.path.join(ROOT, "prs.conf"))
+def test_shipped_example_refuses_until_filled_in_then_works(tmp_path):
+    with open(os.path.join(ROOT, "prs.conf")) as handle:
+        text = handle.read()
+    with pytest.raises(prs.ConfigError, match=r"\[proxmox\] api_host: missing"):
+        prs.load_config(write(tmp_path, text, "as-shipped.conf"))
+    filled = text.replace("api_host =", "api_host = pve1.example.com, pve2.example.com", 1) \
+        .replace("api_token_id =", "api_token_id = balancer", 1) \
+        .replace("api_token_secret =", "api_token_secret = 5f0c3c0e-1111-2222-3333-444444444444", 1)
+    cfg = prs.load_config(write(tmp_path, filled))
     assert cfg.api_token_id == "balancer" and not cfg.api_pass
     assert [str(h) for h in cfg.api_hosts] == ["pve1.example.com:8006", "pve2.example.com:8006"]
-    assert cfg.daemon and cfg.schedule == 24
+    assert cfg.daemon and cfg.schedule == 24 and cfg.method == "memory"
 
 
 def test_every_option(tmp_path):

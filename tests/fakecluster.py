@@ -1,0 +1,2014 @@
+#!/usr/bin/env python3
+"""fakecluster: a fake Proxmox VE 9 cluster that PRS is tested against.
+
+It builds on fakepve 0.5.0 (AGPL; used as an installed test dependency only, nothing of
+it is copied here) and adds what a rebalancer needs and fakepve lacks: node capacity and
+usage that follow the guests placed on each node, per-node storages, real migrations over
+HTTP (preconditions, synchronous checks, qmigrate/vzmigrate tasks that move the guest or
+fail with Proxmox's wording), the HA stack's deferred migrations, HA maintenance, ticket
+renewal, strict 1/0 booleans, and a control API for tests.
+
+Layout of this file:
+  1. scenario files: load_scenario() (defaults + validation) and generate_scenario()
+  2. ClusterPve: the FakePve subclass, i.e. the server side; runs on one asyncio loop
+  3. FakeCluster: the test-facing wrapper that serves a ClusterPve on a background thread
+     and marshals every control call onto that loop
+  4. command line: `serve` (standalone, for the demo/benchmark/CI) and `generate`
+
+Facts about real PVE used here come from /work/shared/PVE-API.md and fakepve's error
+catalogue; where this fake simplifies, a comment says so.
+"""
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+from aiohttp import web
+
+try:
+    import fakepve
+    from fakepve import schema as pve_schema
+    from fakepve.lxc import FakeCt
+    from fakepve.model import PveError, TaskError
+    from fakepve.server import API, USER, FakePve
+    from fakepve.server import error as pve_error_response
+except ImportError as exc:  # pragma: no cover - a clear message beats a traceback
+    raise SystemExit("fakecluster needs fakepve 0.5.0: pip install 'fakepve[crypto,pytest]==0.5.0' ({0})"
+                     .format(exc)) from exc
+
+# This module subclasses fakepve internals (handler names, record shapes); another version
+# may differ silently, so refuse to run on one that was not checked.
+FAKEPVE_VERSION = '0.5.0'
+if getattr(fakepve, '__version__', None) != FAKEPVE_VERSION and not os.environ.get('FAKECLUSTER_ANY_FAKEPVE'):
+    raise ImportError('fakecluster is written against fakepve {0}, found {1} (set FAKECLUSTER_ANY_FAKEPVE=1 to '
+                      'try anyway)'.format(FAKEPVE_VERSION, getattr(fakepve, '__version__', '?')))
+
+__all__ = ['FakeCluster', 'ClusterPve', 'load_scenario', 'generate_scenario', 'SCENARIO_DIR']
+
+log = logging.getLogger('fakecluster')
+
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+SCENARIO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scenarios')
+
+PVE_VERSION = '9.2.3'
+PVE_RELEASE = '9.2'
+PVE_REPOID = 'c4fd3b2a'
+
+# Migration timing in PVE seconds (multiplied by time_scale for wall time). Rough figures of
+# a 10 GbE migration network: RAM copied at ~1 GiB/s, local disks mirrored at ~0.5 GiB/s.
+MIGRATION_BASE_SECS = 2.0
+MIGRATION_SECS_PER_MEM_GIB = 1.0
+MIGRATION_SECS_PER_DISK_GIB = 2.0
+CT_SHUTDOWN_SECS = 4.0
+SSH_TIMEOUT_SECS = 3.0  # how long the ssh probe to an offline target takes to give up
+
+# Content a storage type holds by default (storage.cfg `content`).
+DEFAULT_CONTENT = {'lvmthin': 'images,rootdir', 'lvm': 'images,rootdir', 'zfspool': 'images,rootdir',
+                   'rbd': 'images,rootdir', 'dir': 'images,rootdir,iso,vztmpl,backup,snippets',
+                   'nfs': 'images,rootdir,iso,backup', 'cifs': 'images,iso,backup', 'cephfs': 'iso,vztmpl,backup',
+                   'zfs': 'images', 'iscsi': 'images'}
+# storage.cfg options a type requires; values only make /storage look real.
+TYPE_OPTIONS = {'lvmthin': {'vgname': 'pve', 'thinpool': 'data'}, 'lvm': {'vgname': 'vmdata'},
+                'zfspool': {'pool': 'rpool/data', 'sparse': 1}, 'rbd': {'pool': 'vm-pool', 'krbd': 0},
+                'dir': {'path': '/var/lib/vz'}, 'nfs': {'server': '192.0.2.200', 'export': '/export/pve',
+                                                        'path': '/mnt/pve/nfs'},
+                'cifs': {'server': '192.0.2.201', 'share': 'pve', 'path': '/mnt/pve/cifs'},
+                'cephfs': {'path': '/mnt/pve/cephfs'}}
+SHARED_TYPES = ('rbd', 'nfs', 'cifs', 'cephfs', 'iscsi', 'zfs')
+# Used bytes a storage reports before any guest volume (metadata, ISOs, ...).
+STORAGE_BASE_USED = 2 * GiB
+
+QEMU_DRIVE = re.compile(r'^(?:(?:ide|sata|scsi|virtio)\d+|efidisk0|tpmstate0|unused\d+)$')
+LXC_MOUNT = re.compile(r'^(?:rootfs|mp\d+)$')
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot describe a cluster (unknown node, duplicate vmid, ...)."""
+
+
+# =====================================================================================
+# 1. Scenarios
+# =====================================================================================
+
+def _gib(value):
+    return int(round(float(value) * GiB))
+
+
+def _size_text(size_gib):
+    """A size= value as PVE writes it: whole GiB as '32G', otherwise MiB."""
+    mib = int(round(float(size_gib) * 1024))
+    return '{0}G'.format(mib // 1024) if mib % 1024 == 0 else '{0}M'.format(mib)
+
+
+def _size_bytes(text):
+    """Bytes of a size= value ('32G', '512M', '1T', bare number = bytes as PVE stores them)."""
+    m = re.fullmatch(r'(\d+(?:\.\d+)?)([KMGT]?)', str(text).strip())
+    if not m:
+        return 0
+    unit = {'': 1, 'K': 1024, 'M': MiB, 'G': GiB, 'T': 1024 * GiB}[m.group(2)]
+    return int(float(m.group(1)) * unit)
+
+
+def load_scenario(source):
+    """A scenario (path to a JSON file, or a dict) with every default filled in and checked.
+
+    Returns a new dict; the input is not modified. Raises ScenarioError on inconsistencies,
+    so a typo in a scenario fails loudly instead of producing a silently different cluster.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = str(source)
+        if not os.path.exists(path) and os.path.exists(os.path.join(SCENARIO_DIR, path)):
+            path = os.path.join(SCENARIO_DIR, path)
+        with open(path, encoding='utf-8') as fh:
+            raw = json.load(fh)
+    else:
+        raw = copy.deepcopy(source)
+    if not isinstance(raw, dict) or not raw.get('nodes'):
+        raise ScenarioError('a scenario needs a non-empty "nodes" list')
+    out = {'cluster_name': raw.get('cluster_name', 'prs-test'),
+           'crs': dict({'ha': 'basic', 'ha-rebalance-on-start': 0, 'ha-auto-rebalance': 0}, **raw.get('crs', {}))}
+    # Omitted shared_storages: a Ceph pool, as most clusters a balancer runs on have one.
+    # An explicit [] means no shared storage at all.
+    shared = raw.get('shared_storages')
+    if shared is None:
+        shared = [{'storage': 'ceph', 'type': 'rbd', 'size_gib': 10000}]
+    out['shared_storages'] = []
+    for st in shared:
+        st = dict(st)
+        st.setdefault('type', 'rbd')
+        st.setdefault('size_gib', 10000)
+        st.setdefault('content', DEFAULT_CONTENT.get(st['type'], 'images,rootdir'))
+        st.setdefault('nodes', None)  # None = all nodes; else restricted (storage.cfg nodes=)
+        if 'storage' not in st:
+            raise ScenarioError('shared storage without a "storage" name: {0}'.format(st))
+        out['shared_storages'].append(st)
+    shared_names = {st['storage'] for st in out['shared_storages']}
+
+    nodes, node_storage_types = [], {}
+    for n in raw['nodes']:
+        n = dict(n)
+        if 'name' not in n:
+            raise ScenarioError('node without a name: {0}'.format(n))
+        n.setdefault('maxcpu', 16)
+        n.setdefault('maxmem_gib', 64)
+        n.setdefault('status', 'online')
+        if n['status'] not in ('online', 'offline'):
+            raise ScenarioError("node {0}: status must be 'online' or 'offline'".format(n['name']))
+        n.setdefault('hastate', None)
+        if n['hastate'] not in (None, 'online', 'maintenance'):
+            raise ScenarioError("node {0}: hastate must be 'online' or 'maintenance'".format(n['name']))
+        n.setdefault('base_mem_gib', round(1.5 + 0.01 * n['maxmem_gib'], 2))
+        n.setdefault('base_cpu_cores', 0.3)
+        n.setdefault('rootfs_gib', 100)
+        n.setdefault('rootfs_used_gib', 9)
+        storages = n.get('storages')
+        if storages is None:
+            storages = [{'storage': 'local-lvm', 'type': 'lvmthin', 'size_gib': 1000}]
+        n['storages'] = []
+        for st in storages:
+            st = dict(st)
+            st.setdefault('type', 'lvmthin')
+            st.setdefault('size_gib', 1000)
+            st.setdefault('content', DEFAULT_CONTENT.get(st['type'], 'images,rootdir'))
+            if st['storage'] in shared_names:
+                raise ScenarioError('storage {0} is both shared and local to {1}'.format(st['storage'], n['name']))
+            known = node_storage_types.setdefault(st['storage'], st['type'])
+            if known != st['type']:
+                # storage.cfg is cluster-wide: one id has one type everywhere.
+                raise ScenarioError('storage {0} has type {1} on one node and {2} on {3}'.format(
+                    st['storage'], known, st['type'], n['name']))
+            n['storages'].append(st)
+        nodes.append(n)
+    names = [n['name'] for n in nodes]
+    if len(set(names)) != len(names):
+        raise ScenarioError('duplicate node names: {0}'.format(names))
+    out['nodes'] = nodes
+    for st in out['shared_storages']:
+        for node in st['nodes'] or ():
+            if node not in names:
+                raise ScenarioError('shared storage {0} names unknown node {1}'.format(st['storage'], node))
+
+    def storage_on(storage, node):
+        if storage in shared_names:
+            st = next(s for s in out['shared_storages'] if s['storage'] == storage)
+            return not st['nodes'] or node in st['nodes']
+        if storage == 'local':
+            return True
+        return any(s['storage'] == storage for s in next(x for x in nodes if x['name'] == node)['storages'])
+
+    guests, vmids = [], set()
+    default_disk_storage = (out['shared_storages'][0]['storage'] if out['shared_storages'] else None)
+    for g in raw.get('guests', []):
+        g = dict(g)
+        if 'vmid' not in g or int(g['vmid']) < 100:
+            raise ScenarioError('guest needs a vmid >= 100: {0}'.format(g))
+        g['vmid'] = int(g['vmid'])
+        if g['vmid'] in vmids:
+            raise ScenarioError('duplicate vmid {0}'.format(g['vmid']))
+        vmids.add(g['vmid'])
+        g.setdefault('type', 'qemu')
+        if g['type'] not in ('qemu', 'lxc'):
+            raise ScenarioError('guest {0}: type must be qemu or lxc'.format(g['vmid']))
+        if g.get('node') not in names:
+            raise ScenarioError('guest {0} is on unknown node {1!r}'.format(g['vmid'], g.get('node')))
+        g.setdefault('name', ('vm' if g['type'] == 'qemu' else 'ct') + str(g['vmid']))
+        g.setdefault('template', 0)
+        g['template'] = 1 if g['template'] else 0
+        g.setdefault('status', 'stopped' if g['template'] else 'running')
+        if g['status'] not in ('running', 'stopped'):
+            raise ScenarioError('guest {0}: status must be running or stopped'.format(g['vmid']))
+        if g['template'] and g['status'] == 'running':
+            raise ScenarioError('guest {0}: a template cannot run'.format(g['vmid']))
+        g.setdefault('maxmem_gib', 4 if g['type'] == 'qemu' else 1)
+        g.setdefault('mem_gib', round(g['maxmem_gib'] * 0.6, 3))
+        g.setdefault('memhost_gib', g['mem_gib'])
+        g.setdefault('maxcpu', 2 if g['type'] == 'qemu' else 1)
+        g.setdefault('cpu', 0.1)
+        g.setdefault('lock', None)
+        g.setdefault('ha', False)
+        g.setdefault('hostpci', False)
+        g.setdefault('iso', None)
+        g.setdefault('tags', '')
+        g.setdefault('pool', None)
+        if g['type'] == 'lxc' and (g['hostpci'] or g['iso']):
+            raise ScenarioError('guest {0}: hostpci/iso are qemu-only'.format(g['vmid']))
+        disks = g.get('disks')
+        if disks is None:
+            store = default_disk_storage or next((s['storage'] for s in
+                                                  next(x for x in nodes if x['name'] == g['node'])['storages']), None)
+            if store is None:
+                raise ScenarioError('guest {0}: no storage for its default disk'.format(g['vmid']))
+            disks = [{'key': 'scsi0' if g['type'] == 'qemu' else 'rootfs', 'storage': store,
+                      'size_gib': 32 if g['type'] == 'qemu' else 8}]
+        g['disks'] = []
+        for i, d in enumerate(disks):
+            d = dict(d)
+            d.setdefault('key', ('scsi{0}'.format(i) if g['type'] == 'qemu' else ('rootfs' if i == 0 else
+                                                                                'mp{0}'.format(i - 1))))
+            d.setdefault('size_gib', 32)
+            if 'storage' not in d:
+                raise ScenarioError('guest {0}: disk {1} needs a storage'.format(g['vmid'], d['key']))
+            if not storage_on(d['storage'], g['node']):
+                raise ScenarioError('guest {0}: storage {1} does not exist on {2}'.format(
+                    g['vmid'], d['storage'], g['node']))
+            pattern = QEMU_DRIVE if g['type'] == 'qemu' else LXC_MOUNT
+            if not pattern.match(d['key']):
+                raise ScenarioError('guest {0}: bad disk key {1}'.format(g['vmid'], d['key']))
+            g['disks'].append(d)
+        if g['type'] == 'lxc':
+            rootfs = next((d for d in g['disks'] if d['key'] == 'rootfs'), None)
+            if rootfs is None:
+                raise ScenarioError('container {0} needs a rootfs disk'.format(g['vmid']))
+            g.setdefault('disk_used_gib', round(rootfs['size_gib'] * 0.4, 2))
+        guests.append(g)
+    out['guests'] = guests
+    return out
+
+
+ROLE_NAMES = ('web', 'db', 'app', 'cache', 'ci', 'mon', 'mail', 'dns', 'files', 'vpn', 'build', 'k8s', 'proxy',
+              'git', 'wiki', 'log', 'backup', 'erp', 'crm', 'mq')
+NODE_SHAPES = ((16, 64), (24, 128), (32, 128), (32, 192), (48, 256), (64, 384), (64, 512))
+MEM_SIZES = (0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+CPU_SIZES = (1, 2, 2, 2, 4, 4, 4, 8, 8, 16)
+
+
+def generate_scenario(seed, nodes=4, guests=20, **options):
+    """A random but realistic cluster, the same for the same arguments.
+
+    options (fractions are of all guests unless noted):
+      lxc=0.15 ha=0.1 local_disk=0.15 template=0.03 stopped=0.12 locked=0.02 hostpci=0.01 iso=0.01
+      empty_nodes=1 overloaded_nodes=max(1, nodes // 4) offline_nodes=0 maintenance_nodes=0
+      mem_utilisation=0.5  (running guests' maxmem as a share of all nodes' memory, at most)
+      node_fill=0.9        (no node gets more running maxmem than this share of its memory)
+    Memory is long-tailed (0.5-64 GiB), CPU load skewed (most guests idle, a few busy).
+    Running guests always fit: their maxmem is at most mem_utilisation of the total, and the
+    placement never fills a node beyond node_fill, so a balanced placement exists.
+    """
+    opt = {'lxc': 0.15, 'ha': 0.1, 'local_disk': 0.15, 'template': 0.03, 'stopped': 0.12, 'locked': 0.02,
+           'hostpci': 0.01, 'iso': 0.01, 'empty_nodes': 1 if nodes > 2 else 0,
+           'overloaded_nodes': max(1, nodes // 4), 'offline_nodes': 0, 'maintenance_nodes': 0,
+           'mem_utilisation': 0.5, 'node_fill': 0.9}
+    unknown = set(options) - set(opt)
+    if unknown:
+        raise TypeError('unknown options: {0}'.format(sorted(unknown)))
+    opt.update(options)
+    if nodes < 1:
+        raise ValueError('need at least one node')
+    rng = random.Random(seed)
+
+    node_list = []
+    for i in range(nodes):
+        cpus, mem = NODE_SHAPES[rng.randrange(len(NODE_SHAPES))]
+        node_list.append({'name': 'pve{0}'.format(i + 1), 'maxcpu': cpus, 'maxmem_gib': mem,
+                          'base_mem_gib': round(1.5 + 0.01 * mem + rng.uniform(0, 1), 2),
+                          'base_cpu_cores': round(rng.uniform(0.1, 0.6), 2),
+                          'storages': [{'storage': 'local-lvm', 'type': 'lvmthin',
+                                        'size_gib': rng.choice((500, 1000, 2000))}]})
+    order = list(range(nodes))
+    rng.shuffle(order)
+    n_empty = min(int(opt['empty_nodes']), nodes - 1)
+    n_over = min(int(opt['overloaded_nodes']), nodes - n_empty)
+    empty = set(order[:n_empty])
+    over = set(order[n_empty:n_empty + n_over])
+    rest = order[n_empty + n_over:]
+    # Offline/maintenance nodes are picked among the remaining ones so the shape stays.
+    for k in range(min(int(opt['offline_nodes']), len(rest))):
+        node_list[rest[k]]['status'] = 'offline'
+    for k in range(int(opt['offline_nodes']), min(int(opt['offline_nodes']) + int(opt['maintenance_nodes']),
+                                                  len(rest))):
+        node_list[rest[k]]['hastate'] = 'maintenance'
+    usable = [i for i in range(nodes) if i not in empty and node_list[i].get('status', 'online') == 'online'
+              and node_list[i].get('hastate') != 'maintenance'] or [i for i in range(nodes) if i not in empty]
+    max_node_mem = max(n['maxmem_gib'] for n in node_list)
+
+    guest_list = []
+    for k in range(guests):
+        vmid = 100 + k
+        kind = 'lxc' if rng.random() < opt['lxc'] else 'qemu'
+        raw = math.exp(rng.gauss(math.log(3.0), 1.0))
+        if kind == 'lxc':
+            raw /= 3
+        mem = min(MEM_SIZES, key=lambda s: abs(s - raw))
+        mem = min(mem, max_node_mem / 4)
+        cpus = min(CPU_SIZES[rng.randrange(len(CPU_SIZES))], min(n['maxcpu'] for n in node_list))
+        template = kind == 'qemu' and rng.random() < opt['template']
+        stopped = template or rng.random() < opt['stopped']
+        used = rng.uniform(0.3, 0.95)
+        g = {'vmid': vmid, 'name': '{0}{1}'.format(ROLE_NAMES[rng.randrange(len(ROLE_NAMES))], k + 1),
+             'type': kind, 'status': 'stopped' if stopped else 'running', 'maxmem_gib': mem,
+             'mem_gib': round(mem * used, 3), 'memhost_gib': round(min(mem * 1.05, mem * used * rng.uniform(1.0, 1.15)),
+                                                                 3),
+             'maxcpu': cpus, 'cpu': round(min(1.0, rng.betavariate(0.7, 4.0)), 3), 'template': 1 if template else 0}
+        if kind == 'lxc':
+            g['maxcpu'] = min(cpus, 4)
+        local = rng.random() < opt['local_disk']
+        ha = not template and not local and rng.random() < opt['ha']
+        size = rng.choice((8, 16, 32, 32, 50, 64, 100, 200)) if kind == 'qemu' else rng.choice((4, 8, 8, 16, 32))
+        g['disks'] = [{'key': 'scsi0' if kind == 'qemu' else 'rootfs', 'storage': 'local-lvm' if local else 'ceph',
+                       'size_gib': size}]
+        if ha:
+            g['ha'] = True
+        if not template and rng.random() < opt['locked']:
+            g['lock'] = rng.choice(('backup', 'snapshot'))
+        if kind == 'qemu' and not template and not ha and rng.random() < opt['hostpci']:
+            g['hostpci'] = True
+        if kind == 'qemu' and not template and not ha and rng.random() < opt['iso']:
+            g['iso'] = 'local:iso/debian-13.1.0-amd64-netinst.iso'
+        guest_list.append(g)
+
+    # Keep running demand within budget: shrink the biggest running guests until it fits.
+    total = sum(node_list[i]['maxmem_gib'] for i in range(nodes))
+    usable_cap = sum(node_list[i]['maxmem_gib'] for i in usable)
+    budget = min(opt['mem_utilisation'] * total, 0.8 * opt['node_fill'] * usable_cap)
+    running = [g for g in guest_list if g['status'] == 'running']
+    while running and sum(g['maxmem_gib'] for g in running) > budget:
+        big = max(running, key=lambda g: (g['maxmem_gib'], -g['vmid']))
+        if big['maxmem_gib'] <= 0.5:
+            big['status'] = 'stopped'
+            running.remove(big)
+            continue
+        ratio = big['mem_gib'] / big['maxmem_gib']
+        big['maxmem_gib'] = max(0.5, big['maxmem_gib'] / 2)
+        big['mem_gib'] = round(big['maxmem_gib'] * ratio, 3)
+        big['memhost_gib'] = round(min(big['maxmem_gib'] * 1.05, big['mem_gib'] * 1.05), 3)
+
+    # Skewed placement: overloaded nodes attract guests, empty nodes get none; a node never
+    # takes more running maxmem than node_fill of its memory.
+    load = {i: node_list[i]['base_mem_gib'] for i in range(nodes)}
+    weight = {i: (6.0 if i in over else 1.0) for i in usable}
+    for g in sorted(guest_list, key=lambda g: (-g['maxmem_gib'], g['vmid'])):
+        need = g['maxmem_gib'] if g['status'] == 'running' else 0
+        fits = [i for i in usable if load[i] + need <= opt['node_fill'] * node_list[i]['maxmem_gib']]
+        if not fits:
+            fits = [max(usable, key=lambda i: (node_list[i]['maxmem_gib'] - load[i], -i))]
+        pick = rng.choices(fits, weights=[weight[i] for i in fits])[0]
+        load[pick] += need
+        g['node'] = node_list[pick]['name']
+    guest_list.sort(key=lambda g: g['vmid'])
+    return {'cluster_name': 'gen-{0}'.format(seed), 'nodes': node_list,
+            'shared_storages': [{'storage': 'ceph', 'type': 'rbd', 'size_gib': 20000}], 'guests': guest_list}
+
+
+# =====================================================================================
+# 2. The server side: a FakePve that behaves like a PVE 9 cluster for a rebalancer
+# =====================================================================================
+
+class MigrationAborted(Exception):
+    """Raised inside a migration task: the task log gets PVE's `migration aborted` lines."""
+
+    def __init__(self, reason, exitstatus='migration aborted'):
+        super().__init__(reason)
+        self.reason = reason
+        self.exitstatus = exitstatus
+
+
+class TaskFailed(Exception):
+    """A task ends with this exit status (the log lines were already written)."""
+
+
+def _flag(value):
+    """A validated PVE boolean (1/0, or a JSON true/false) as a Python bool."""
+    return str(value).lower() in ('1', 'true')
+
+
+def _duration(secs):
+    secs = int(round(secs))
+    return '{0:02d}:{1:02d}:{2:02d}'.format(secs // 3600, secs // 60 % 60, secs % 60)
+
+
+def _stamp():
+    return time.strftime('%Y-%m-%d %H:%M:%S')
+
+
+class ClusterPve(FakePve):
+    """The fake cluster's server. All state lives here and is touched only on its event loop.
+
+    Nodes are fakepve's `self.nodes` entries ({'online': bool}) extended with capacity keys;
+    guests are fakepve's FakeVm / FakeCt objects extended with a `usage` dict and HA
+    bookkeeping, so fakepve's own endpoints (config, status, start/stop, tasks) keep working
+    and see the same guests.
+    """
+
+    def __init__(self, scenario, user='root@pam', password='secret', host='127.0.0.1', port=0):
+        super().__init__(user=user, password=password, host=host, port=port)
+        self.scenario = load_scenario(scenario)
+        self.version, self.release_version = PVE_VERSION, PVE_RELEASE
+        self.cluster_name = self.scenario['cluster_name']
+        self.crs = dict(self.scenario['crs'])
+        # fakepve keeps 10,000 requests; benchmarks count more than that.
+        self.max_requests = 1000000
+        # Real seconds the HA stack takes to act on a queued migration (PVE: ~10 s CRM round);
+        # deliberately not scaled by time_scale, because the point is that it is deferred.
+        self.ha_delay_real = 1.0
+        self.started_at = time.time()
+        self.migrations = []          # completed real migrations (see _record_migration)
+        self.crm_log = []             # what the HA manager decided, for tests to read
+        self.request_counts = collections.Counter()
+        self.path_failures = []       # injected HTTP errors: dicts with method, regex, status, message, times
+        self.task_failures = collections.defaultdict(collections.deque)  # vmid -> (message, exitstatus)
+        self._background = set()      # running asyncio tasks we spawned
+        self._timers = set()          # pending loop.call_later handles (HA rounds)
+        self._build()
+
+    # ------------------------------------------------------------------ building
+
+    def _build(self):
+        sc = self.scenario
+        self.nodes = {}
+        for n in sc['nodes']:
+            self.nodes[n['name']] = {
+                'online': n['status'] == 'online', 'hastate': n['hastate'], 'maxcpu': int(n['maxcpu']),
+                'maxmem': _gib(n['maxmem_gib']), 'base_mem': _gib(n['base_mem_gib']),
+                'base_cpu': float(n['base_cpu_cores']), 'rootfs': _gib(n['rootfs_gib']),
+                'rootfs_used': _gib(n['rootfs_used_gib'])}
+        # storage.cfg: one entry per storage id; local ones restricted to the nodes declaring
+        # them (nodes=), which is how PVE knows a node lacks a storage.
+        self.storages = {}
+        self.storage_size = {}  # (node, storage) -> bytes; shared storages use node None
+        names = sorted(self.nodes)
+        declares_local = any(st['storage'] == 'local' for n in sc['nodes'] for st in n['storages'])
+        if not declares_local:
+            self.storages['local'] = {'type': 'dir', 'content': 'iso,vztmpl,backup', 'path': '/var/lib/vz',
+                                      'active': 1, 'files': set()}
+            for n in names:
+                self.storage_size[(n, 'local')] = self.nodes[n]['rootfs']
+        for n in sc['nodes']:
+            for st in n['storages']:
+                entry = self.storages.setdefault(st['storage'], dict(
+                    {'type': st['type'], 'content': st['content'], 'active': 1, 'files': set(), 'nodes': ''},
+                    **TYPE_OPTIONS.get(st['type'], {})))
+                entry['nodes'] = ','.join(sorted(filter(None, entry['nodes'].split(',') + [n['name']])))
+                self.storage_size[(n['name'], st['storage'])] = _gib(st['size_gib'])
+        for st in sc['shared_storages']:
+            entry = dict({'type': st['type'], 'content': st['content'], 'active': 1, 'files': set(), 'shared': 1},
+                         **TYPE_OPTIONS.get(st['type'], {}))
+            if st['nodes']:
+                entry['nodes'] = ','.join(sorted(st['nodes']))
+            self.storages[st['storage']] = entry
+            self.storage_size[(None, st['storage'])] = _gib(st['size_gib'])
+        for g in sc['guests']:
+            self._add_guest(g)
+
+    def _add_guest(self, g):
+        vmid = g['vmid']
+        config = {'memory': int(round(g['maxmem_gib'] * 1024))}
+        boot = []
+        for n, d in enumerate(g['disks']):
+            config[d['key']] = self._volume_text(g, d, n)
+            if not d['key'].startswith('unused') and g['type'] == 'qemu':
+                boot.append(d['key'])
+        if g['type'] == 'qemu':
+            config.update(cores=int(g['maxcpu']), sockets=1, ostype='l26', scsihw='virtio-scsi-single',
+                          cpu='x86-64-v2-AES', agent='1',
+                          net0='virtio=BC:24:11:{0:02X}:{1:02X}:{2:02X},bridge=vmbr0'.format(
+                              vmid // 65536 % 256, vmid // 256 % 256, vmid % 256))
+            if g['iso']:
+                config['ide2'] = '{0},media=cdrom'.format(g['iso'])
+                boot.append('ide2')
+            if g['hostpci']:
+                config['hostpci0'] = '0000:81:00.0,pcie=1'
+            config['boot'] = 'order=' + ';'.join(boot + ['net0'])
+            if g['tags']:
+                config['tags'] = g['tags']
+            guest = self.add_vm(vmid, g['name'], node=g['node'], status=g['status'], config=config,
+                                template=bool(g['template']), lock=g['lock'], pool=g['pool'])
+            if g['template']:
+                guest.config['template'] = 1
+            if g['lock']:
+                guest.config['lock'] = g['lock']
+        else:
+            config.update(cores=int(g['maxcpu']), hostname=g['name'], swap=512, ostype='debian', arch='amd64',
+                          unprivileged=1,
+                          net0='name=eth0,bridge=vmbr0,hwaddr=BC:24:11:{0:02X}:{1:02X}:{2:02X},ip=dhcp,type=veth'
+                          .format(vmid // 65536 % 256, vmid // 256 % 256, vmid % 256))
+            if g['tags']:
+                config['tags'] = g['tags']
+            guest = self.add_ct(vmid, g['name'], node=g['node'], status=g['status'], config=config,
+                                template=bool(g['template']), lock=g['lock'], pool=g['pool'])
+        guest.usage = {'cpu': float(g['cpu']), 'mem': _gib(g['mem_gib']), 'memhost': _gib(g['memhost_gib']),
+                       'disk': _gib(g.get('disk_used_gib', 0))}
+        if guest.status == 'running':
+            # Guests have been up for a while (hours, by vmid) rather than since the fake started.
+            guest.started_at = time.time() - 3600 * (1 + vmid % 240)
+        guest.maintenance_node = None
+        guest.ha_target = None
+        if g['ha']:
+            guest.ha_state = 'started' if g['status'] == 'running' else 'stopped'
+        return guest
+
+    def _volume_text(self, g, d, n):
+        """The config value of a disk: volid plus size, named the way the storage type names it."""
+        kind = self.storages[d['storage']]['type']
+        vmid = g['vmid']
+        if kind in ('dir', 'nfs', 'cifs') and g['type'] == 'qemu':
+            name = '{0}/vm-{0}-disk-{1}.qcow2'.format(vmid, n)
+        elif kind in ('dir', 'zfspool') and g['type'] == 'lxc':
+            name = '{0}/subvol-{0}-disk-{1}.raw'.format(vmid, n) if kind == 'dir' else 'subvol-{0}-disk-{1}'.format(
+                vmid, n)
+        else:
+            name = 'vm-{0}-disk-{1}'.format(vmid, n)
+        text = '{0}:{1},size={2}'.format(d['storage'], name, _size_text(d['size_gib']))
+        if g['type'] == 'qemu':
+            text += ',iothread=1'
+        return text
+
+    # ------------------------------------------------------------------ model helpers
+
+    def all_guests(self):
+        return sorted(self.vms + self.cts, key=lambda g: g.vmid)
+
+    @staticmethod
+    def kind(g):
+        return 'lxc' if isinstance(g, FakeCt) else 'qemu'
+
+    def node_online(self, node):
+        return self.nodes.get(node, {}).get('online', False)
+
+    def ha_in_use(self):
+        return any(g.ha_managed for g in self.all_guests()) or any(n.get('hastate') for n in self.nodes.values())
+
+    def node_hastate(self, node, ha_in_use=None):
+        if not (self.ha_in_use() if ha_in_use is None else ha_in_use):
+            return None
+        if not self.node_online(node):
+            return 'unknown'
+        return self.nodes[node].get('hastate') or 'online'
+
+    def node_ip(self, node):
+        return '192.0.2.{0}'.format(10 + sorted(self.nodes).index(node) + 1)
+
+    def is_shared(self, storage):
+        return bool(self.storages.get(storage, {}).get('shared'))
+
+    def storage_on(self, storage, node):
+        return storage in self.storages and self._storage_enabled(storage, node)
+
+    @staticmethod
+    def guest_maxmem(g):
+        return int(str(g.config.get('memory', 512)).split('=')[-1]) * MiB
+
+    def guest_maxcpu(self, g):
+        if self.kind(g) == 'lxc':
+            return int(g.config.get('cores') or g.config.get('cpulimit') or self.nodes[g.node]['maxcpu'])
+        return int(g.config.get('vcpus') or int(g.config.get('cores', 1)) * int(g.config.get('sockets', 1)))
+
+    def volumes(self, g):
+        """Every storage-backed volume of a guest: dicts key, volid, storage, size, cdrom, shared."""
+        pattern = LXC_MOUNT if self.kind(g) == 'lxc' else QEMU_DRIVE
+        out = []
+        for key in sorted(g.config, key=lambda k: (re.sub(r'\d+$', '', k), int(re.sub(r'^\D+', '', k) or 0))):
+            if not pattern.match(key):
+                continue
+            parts = str(g.config[key]).split(',')
+            volid = parts[0]
+            props = dict(p.split('=', 1) for p in parts[1:] if '=' in p)
+            if self.kind(g) == 'lxc' and volid.startswith('volume='):
+                volid = volid[len('volume='):]
+            if ':' not in volid:  # none, cdrom (host drive), bind mounts
+                continue
+            storage = volid.split(':', 1)[0]
+            out.append({'key': key, 'volid': volid, 'storage': storage, 'size': _size_bytes(props.get('size', '0')),
+                        'size_given': 'size' in props, 'cdrom': props.get('media') == 'cdrom',
+                        'shared': self.is_shared(storage)})
+        return out
+
+    def local_volumes(self, g):
+        return [v for v in self.volumes(g) if not v['shared']]
+
+    def local_resources(self, g):
+        if self.kind(g) == 'lxc':
+            return []
+        return sorted(k for k in g.config if re.match(r'^(?:hostpci|usb|parallel)\d+$', k)
+                      or (re.match(r'^serial\d+$', k) and g.config[k] != 'socket'))
+
+    def boot_disk_size(self, g, volumes=None):
+        vols = {v['key']: v for v in (self.volumes(g) if volumes is None else volumes) if not v['cdrom']}
+        order = str(g.config.get('boot', ''))
+        if order.startswith('order='):
+            for key in order[len('order='):].split(';'):
+                if key in vols:
+                    return vols[key]['size']
+        return vols[sorted(vols)[0]]['size'] if vols else 0
+
+    def guest_running(self, g):
+        return g.status == 'running'
+
+    def guest_demand(self, g):
+        """(host memory bytes, host cores) a guest takes from its node while it runs."""
+        if not self.guest_running(g):
+            return 0, 0.0
+        mem = g.usage['memhost'] if self.kind(g) == 'qemu' else g.usage['mem']
+        return mem, g.usage['cpu'] * self.guest_maxcpu(g)
+
+    def usage_snapshot(self):
+        """Everything the usage views need, in one pass over the guests.
+
+        Usage is always derived from where the guests are now (never stored), so it follows a
+        migration the moment the guest's node changes; one pass keeps /cluster/resources cheap
+        for thousands of guests.
+        """
+        guests = self.all_guests()
+        vols = {g.vmid: self.volumes(g) for g in guests}
+        acc = {n: {'mem': s['base_mem'], 'cores': s['base_cpu'], 'assigned': 0, 'local': 0, 'guests': [],
+                   'running': []} for n, s in self.nodes.items()}
+        used = collections.Counter()  # (node, storage) for local storages, (None, storage) for shared ones
+        for g in guests:
+            a = acc[g.node]
+            a['guests'].append(g.vmid)
+            mem, cores = self.guest_demand(g)
+            a['mem'] += mem
+            a['cores'] += cores
+            if self.guest_running(g):
+                a['assigned'] += self.guest_maxmem(g)
+                a['running'].append(g.vmid)
+            for v in vols[g.vmid]:
+                if v['cdrom']:
+                    continue
+                used[(None, v['storage']) if v['shared'] else (g.node, v['storage'])] += v['size']
+                if not v['shared']:
+                    a['local'] += v['size']
+        return {'guests': guests, 'vols': vols, 'nodes': acc, 'used': used, 'ha_in_use': self.ha_in_use()}
+
+    def node_usage(self, node, snap=None):
+        """Raw usage of a node (bytes, host cores); only running guests count for mem/cpu."""
+        snap = snap or self.usage_snapshot()
+        n, a = self.nodes[node], snap['nodes'][node]
+        local_size = sum(size for (nd, st), size in self.storage_size.items() if nd == node
+                         and st in self.storages and re.search(r'images|rootdir', self.storages[st]['content']))
+        return {'mem': a['mem'], 'maxmem': n['maxmem'], 'cpu_cores': round(a['cores'], 4), 'maxcpu': n['maxcpu'],
+                'assigned_mem': a['assigned'], 'local_disk_used': a['local'], 'local_disk_size': local_size,
+                'guests': list(a['guests']), 'running': list(a['running']), 'online': n['online'],
+                'hastate': self.node_hastate(node, snap['ha_in_use'])}
+
+    def all_node_usage(self):
+        snap = self.usage_snapshot()
+        return {n: self.node_usage(n, snap) for n in sorted(self.nodes)}
+
+    def storage_used(self, node, storage, snap=None):
+        """Used bytes of a storage as seen from a node: its volumes (local: only that node's guests)."""
+        snap = snap or self.usage_snapshot()
+        used = snap['used'][(None, storage) if self.is_shared(storage) else (node, storage)]
+        if storage == 'local' and (node, 'local') in self.storage_size and self.storages['local']['type'] == 'dir':
+            return used + self.nodes[node]['rootfs_used']  # the root filesystem holds 'local'
+        return used + STORAGE_BASE_USED
+
+    def storage_total(self, node, storage):
+        return self.storage_size.get((None, storage), self.storage_size.get((node, storage), 0))
+
+    def guest_view(self, g):
+        """A plain-dict view of a guest for tests and the /_fake/state endpoint."""
+        return {'vmid': g.vmid, 'name': g.name, 'type': self.kind(g), 'node': g.node, 'status': g.status,
+                'lock': g.lock, 'template': 1 if g.template else 0, 'ha': g.ha_managed, 'hastate': g.ha_state,
+                'maxmem': self.guest_maxmem(g), 'maxcpu': self.guest_maxcpu(g), 'cpu': g.usage['cpu'],
+                'mem': g.usage['mem'], 'memhost': g.usage['memhost'],
+                'disks': [dict(v) for v in self.volumes(g)], 'local_resources': self.local_resources(g),
+                'tags': g.config.get('tags', '')}
+
+    def placement(self):
+        return {g.vmid: g.node for g in self.all_guests()}
+
+    def find_guest(self, vmid):
+        g = self.guest(int(vmid))
+        if g is None:
+            raise KeyError('no guest {0}'.format(vmid))
+        return g
+
+    # ------------------------------------------------------------------ background work
+
+    def spawn(self, coro):
+        """Run coro in the background, keeping a reference so it is neither lost nor collected."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def done(t):
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error('background task failed', exc_info=t.exception())
+        task.add_done_callback(done)
+        return task
+
+    def later(self, delay, coro_fn):
+        """Start coro_fn() after delay real seconds."""
+        loop = asyncio.get_running_loop()
+        handle = None
+
+        def fire():
+            self._timers.discard(handle)
+            self.spawn(coro_fn())
+        handle = loop.call_later(max(0.0, delay), fire)
+        self._timers.add(handle)
+
+    def busy(self):
+        """True while a task runs or the HA stack still has something queued."""
+        return bool(self._timers) or bool(self._background) or any(
+            t.get('status') == 'running' for t in self.tasks.values())
+
+    async def stop(self):
+        for handle in list(self._timers):
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await super().stop()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run_task(self, node, ttype, tid, user, body, guest=None):
+        """Start a worker task; returns its UPID.
+
+        Unlike fakepve's task(), body(log, upid) writes its own log lines (PVE's migration logs are
+        timestamped and end in specific lines) and raises TaskFailed(exitstatus). The record
+        has fakepve's shape, so its task status/log/list endpoints serve it unchanged.
+        """
+        upid, pid, start = self._upid(node, ttype, tid, user)
+        record = {'upid': upid, 'node': node, 'pid': pid, 'pstart': pid * 7, 'starttime': start, 'type': ttype,
+                  'id': str(tid), 'user': user, 'status': 'running', 'log': []}
+        self.tasks[upid] = record
+        self.tasklog.append(record)
+
+        def write(line, stamp=True):
+            record['log'].append('{0} {1}'.format(_stamp(), line) if stamp else line)
+
+        async def run():
+            status = 'OK'
+            try:
+                if guest is not None:
+                    # The per-guest flock PVE takes; a second migration waits, then times out.
+                    await self.acquire(guest, upid)
+                try:
+                    await body(write, upid)
+                finally:
+                    if guest is not None:
+                        self.release(guest, upid)
+            except TaskFailed as e:
+                status = str(e)
+            except TaskError as e:
+                status = str(e)
+                write(status, stamp=False)
+            except asyncio.CancelledError:
+                status = 'interrupted by signal'
+            except Exception as e:  # noqa: BLE001 - a bug in the fake must still end the task
+                log.exception('task %s failed unexpectedly', upid)
+                status = 'fakecluster internal error: {0}'.format(e)
+            record['status'] = 'stopped'
+            record['exitstatus'] = status
+            record['endtime'] = int(time.time())
+            record['log'].append('TASK OK' if status == 'OK' else 'TASK ERROR: ' + status)
+
+        if self.time_scale:
+            self.spawn(run())
+        else:
+            await run()
+        return upid
+
+    # ------------------------------------------------------------------ migrations
+
+    def _record_migration(self, g, source, target, kind, params, upid, secs):
+        self.migrations.append({'vmid': g.vmid, 'type': self.kind(g), 'source': source, 'target': target,
+                                'kind': kind, 'params': dict(params), 'upid': upid, 'duration': secs,
+                                'time': time.time()})
+
+    def _migration_secs(self, g, running, copy_local):
+        secs = MIGRATION_BASE_SECS
+        if running and self.kind(g) == 'qemu':
+            secs += MIGRATION_SECS_PER_MEM_GIB * g.usage['memhost'] / GiB
+        if copy_local:
+            secs += MIGRATION_SECS_PER_DISK_GIB * sum(v['size'] for v in self.local_volumes(g) if not v['cdrom']) / GiB
+        if running and self.kind(g) == 'lxc':
+            secs += 2 * CT_SHUTDOWN_SECS
+        return secs
+
+    @staticmethod
+    def _storage_map(text, volumes):
+        """targetstorage / target-storage: '1' = identity; 'sid' = all to sid; 'a:b,c:d[,default]' = map."""
+        if text in (None, '', '1'):
+            return {}
+        mapping, default = {}, None
+        for part in str(text).split(','):
+            if ':' in part:
+                src, dst = part.split(':', 1)
+                mapping[src] = dst
+            else:
+                default = part
+        return {v['storage']: mapping.get(v['storage'], default or v['storage']) for v in volumes if not v['shared']}
+
+    def _move_guest(self, g, target, storage_map):
+        """The guest now lives on target; its local volumes are on the same-named (or mapped) storage."""
+        for v in self.local_volumes(g):
+            dst = storage_map.get(v['storage'])
+            if dst and dst != v['storage']:
+                g.config[v['key']] = g.config[v['key']].replace(v['storage'] + ':', dst + ':', 1)
+        g.node = target
+
+    def _take_task_failure(self, g):
+        queue = self.task_failures.get(g.vmid)
+        return queue.popleft() if queue else None
+
+    async def start_migration(self, g, target, params, user, kind, on_done=None):
+        """Start the real migration task (qmigrate / vzmigrate) of a guest; returns the UPID.
+
+        kind: 'qmigrate'/'vzmigrate' for a direct request, 'ha' when the HA stack (LRM) runs it.
+        on_done(ok) is called when the task ends.
+        """
+        qemu = self.kind(g) == 'qemu'
+        source = g.node
+        running = self.guest_running(g)
+        vt = 'VM' if qemu else 'CT'
+        online = _flag(params.get('online', 0))
+        restart = _flag(params.get('restart', 0))
+        local_disks_ok = _flag(params.get('with-local-disks', 0))
+        force = _flag(params.get('force', 0))
+        smap = self._storage_map(params.get('targetstorage' if qemu else 'target-storage'), self.volumes(g))
+
+        async def body(write, upid):
+            elapsed = 0.0
+            ok = False
+            try:
+                write("starting migration of {0} {1} to node '{2}' ({3})".format(vt, g.vmid, target,
+                                                                               self.node_ip(target)))
+                injected = self._take_task_failure(g)
+                if injected:
+                    raise MigrationAborted(*injected)
+                if g.lock and g.lock != 'migrate':
+                    raise MigrationAborted('{0} is locked ({1})'.format(vt, g.lock))
+                if not self.node_online(target):
+                    await self.pause(SSH_TIMEOUT_SECS)
+                    elapsed += SSH_TIMEOUT_SECS
+                    write('ssh: connect to host {0} port 22: No route to host'.format(self.node_ip(target)))
+                    raise MigrationAborted("Can't connect to destination address using public key")
+                if qemu:
+                    self._qemu_prepare(g, running, force, local_disks_ok, smap, target, write)
+                else:
+                    if running and online:
+                        raise MigrationAborted('lxc live migration is currently not implemented')
+                    if running and not restart:
+                        raise MigrationAborted('running container can only be migrated in restart mode')
+                    for v in self.volumes(g):
+                        dst = smap.get(v['storage'], v['storage'])
+                        if not v['shared'] and not self.storage_on(dst, target):
+                            raise MigrationAborted("storage '{0}' is not available on node '{1}'".format(
+                                dst, target))
+                secs = self._migration_secs(g, running, bool(self.local_volumes(g)))
+                g.lock = 'migrate'
+                if qemu:
+                    g.config['lock'] = 'migrate'
+                try:
+                    if not qemu and running:
+                        write('shutdown CT {0}'.format(g.vmid))
+                        g.status = 'stopped'
+                    for v in self.local_volumes(g):
+                        write("found local volume '{0}' (in current VM config)".format(v['volid']))
+                    if qemu and running:
+                        write('starting VM {0} on remote node \'{1}\''.format(g.vmid, target))
+                        if self.local_volumes(g):
+                            write('starting storage migration')
+                        write('starting online/live migration on unix:/run/qemu-server/{0}.migrate'.format(g.vmid))
+                    elif self.local_volumes(g):
+                        write('copying local disk images')
+                    await self.pause(secs)
+                    elapsed += secs
+                    self._move_guest(g, target, smap)
+                    if qemu and running:
+                        write('migration status: completed')
+                        write('migration finished; resuming VM on target node')
+                    if not qemu and running:
+                        write('start container on target node')
+                        g.status = 'running'
+                        g.started_at = time.time()
+                    write('start final cleanup')
+                finally:
+                    if g.lock == 'migrate':
+                        g.lock = None
+                        if qemu:
+                            g.config.pop('lock', None)
+                    if not qemu and running and g.status != 'running':
+                        # PVE restarts a CT on the source when a restart-mode move fails.
+                        g.status = 'running'
+                self._record_migration(g, source, target, kind, params, upid, secs)
+                write('migration finished successfully (duration {0})'.format(_duration(elapsed)))
+                ok = True
+            except MigrationAborted as e:
+                write('ERROR: migration aborted (duration {0}): {1}'.format(_duration(elapsed), e.reason))
+                raise TaskFailed(e.exitstatus or e.reason) from None
+            finally:
+                if on_done is not None:
+                    on_done(ok)
+
+        return await self.run_task(source, 'qmigrate' if qemu else 'vzmigrate', g.vmid,
+                                   'root@pam' if kind == 'ha' else user, body, guest=g)
+
+    def _qemu_prepare(self, g, running, force, local_disks_ok, smap, target, write):
+        """QemuMigrate::prepare and the volume scan: the checks PVE makes inside the task."""
+        devices = self.local_resources(g)
+        if devices:
+            if running or not force:
+                raise MigrationAborted("can't migrate VM which uses local devices: {0}".format(', '.join(devices)))
+            write('migrating VM which uses local devices')
+        problems = False
+        for v in self.local_volumes(g):
+            dst = smap.get(v['storage'], v['storage'])
+            if v['cdrom']:
+                write("ERROR: can't migrate local disk '{0}': local cdrom image".format(v['volid']))
+                problems = True
+            elif not self.storage_on(dst, target):
+                raise MigrationAborted("storage '{0}' is not available on node '{1}'".format(dst, target))
+            elif running and not local_disks_ok:
+                write("ERROR: can't migrate local disk '{0}': can't live migrate attached local disks without "
+                      'with-local-disks option'.format(v['volid']))
+                problems = True
+        if problems:
+            write("ERROR: Problem found while scanning volumes - can't migrate VM - check log")
+            raise MigrationAborted("Problem found while scanning volumes - can't migrate VM - check log")
+
+    # ------------------------------------------------------------------ HA stack
+
+    def ha_sid(self, g):
+        return '{0}:{1}'.format('vm' if self.kind(g) == 'qemu' else 'ct', g.vmid)
+
+    def queue_ha_move(self, g, target, reason='migrate', maintenance_node=None):
+        """Queue a CRM command; the CRM acts on it after ha_delay_real seconds, like its next round."""
+        sid = self.ha_sid(g)
+        self.crm_log.append('{0}: got crm command: {1} {2} {3}'.format(_stamp(), reason, sid, target))
+
+        async def crm_round():
+            if not self.quorate:
+                # No quorum, no CRM master: the command waits.
+                self.later(self.ha_delay_real, crm_round)
+                return
+            if not g.ha_managed:
+                return
+            if target not in self.nodes or not self.node_online(target) or self.nodes[target].get(
+                    'hastate') == 'maintenance':
+                self.crm_log.append("{0}: ignore crm command - node '{1}' is not online".format(_stamp(), target))
+                return
+            if g.node == target:
+                self.crm_log.append("{0}: ignore crm command - service '{1}' is already on node '{2}'".format(
+                    _stamp(), sid, target))
+                return
+            if g.ha_state in ('migrate', 'relocate'):
+                self.crm_log.append("{0}: ignore crm command - service '{1}' is busy".format(_stamp(), sid))
+                return
+            source = g.node
+            if maintenance_node:
+                g.maintenance_node = maintenance_node
+            if not self.guest_running(g):
+                # A stopped service is moved by the CRM itself: config only, no worker task.
+                self.crm_log.append("{0}: migrate service '{1}' to node '{2}' (stopped)".format(_stamp(), sid, target))
+                self._move_guest(g, target, {})
+                self._record_migration(g, source, target, 'ha', {'target': target}, None, 0)
+                return
+            g.ha_state = 'migrate'
+            g.ha_target = target
+            self.crm_log.append("{0}: service '{1}': state changed from 'started' to 'migrate' (node = {2}, "
+                                "target = {3})".format(_stamp(), sid, source, target))
+
+            async def lrm_run():
+                # The LRM of the source node runs the real migration as root@pam, with the
+                # parameters the HA resource agent passes.
+                params = ({'target': target, 'online': 1, 'force': 1, 'with-local-disks': 1}
+                          if self.kind(g) == 'qemu' else {'target': target, 'restart': 1})
+
+                def done(ok):
+                    g.ha_state = 'started'
+                    g.ha_target = None
+                    self.crm_log.append("{0}: service '{1}': state changed from 'migrate' to 'started' (node = {2})"
+                                        .format(_stamp(), sid, g.node))
+                    if not ok:
+                        self.crm_log.append("{0}: service '{1}' - migration failed (exit code 1)".format(_stamp(), sid))
+                if not self.node_online(g.node):
+                    done(False)
+                    return
+                await self.start_migration(g, target, params, 'root@pam', 'ha', on_done=done)
+            self.later(self.ha_delay_real / 2, lrm_run)
+
+        self.later(self.ha_delay_real, crm_round)
+
+    def set_ha_maintenance(self, node, on=True):
+        """ha-manager crm-command node-maintenance enable|disable: HA guests leave (and come back)."""
+        if node not in self.nodes:
+            raise KeyError('no node {0}'.format(node))
+        self.nodes[node]['hastate'] = 'maintenance' if on else 'online'
+        if on:
+            for g in self.all_guests():
+                if g.ha_managed and g.node == node:
+                    target = self._ha_pick_node(exclude=node)
+                    if target:
+                        self.queue_ha_move(g, target, maintenance_node=node)
+        else:
+            for g in self.all_guests():
+                if g.ha_managed and g.maintenance_node == node:
+                    g.maintenance_node = None
+                    self.queue_ha_move(g, node)
+
+    def _ha_pick_node(self, exclude):
+        """The CRS 'basic' choice: the usable node with the fewest HA services."""
+        counts = {n: 0 for n in self.nodes if n != exclude and self.node_online(n)
+                  and self.nodes[n].get('hastate') != 'maintenance'}
+        for g in self.all_guests():
+            if g.ha_managed and g.node in counts:
+                counts[g.node] += 1
+        return min(sorted(counts), key=lambda n: counts[n]) if counts else None
+
+    # ------------------------------------------------------------------ auth & validation
+
+    def check_password(self, user, password):
+        # PVE renews a ticket when its still-valid self is given as the password (same user).
+        session = self.tickets.get(password)
+        if session is not None:
+            return session['user'] == user and session['expires'] >= time.time()
+        return super().check_password(user, password)
+
+    @staticmethod
+    def _strict_boolean_errors(info, values):
+        """fakepve 0.5.0 accepts true/yes/on for boolean parameters; the PVE API server only 1 or 0."""
+        props = ((info or {}).get('parameters') or {}).get('properties', {})
+        errs = {}
+        for name, val in values.items():
+            sch = props.get(name) or props.get(re.sub(r'\d+$', '', name) + '[n]')
+            if sch and sch.get('type') == 'boolean' and not isinstance(val, (bool, list)) and str(val) not in ('0',
+                                                                                                               '1'):
+                errs[name] = "type check ('boolean') failed - got '{0}'".format(val)
+        return errs
+
+    async def answer(self, request, match, params, user, call=None):
+        info = match.methods.get(request.method) if match is not None else None
+        errs = self._strict_boolean_errors(info, params)
+        if errs:
+            _, others = pve_schema.validate(info.get('parameters'), dict(params, **match.params))
+            others.update(errs)
+            raise PveError(400, 'Parameter verification failed.', others)
+        return await super().answer(request, match, params, user, call)
+
+    def _verify(self, request, values, drop=()):
+        info = self.resolve(request, API).methods[request.method]
+        errs = self._strict_boolean_errors(info, {k: v for k, v in values.items() if k not in drop})
+        if errs:
+            raise PveError(400, 'Parameter verification failed.', errs)
+        return super()._verify(request, values, drop)
+
+    # ------------------------------------------------------------------ request plumbing
+
+    @staticmethod
+    def api_path(path):
+        for prefix in ('/api2/json', '/api2/extjs'):
+            if path.startswith(prefix + '/'):
+                return path[len(prefix):]
+        return path
+
+    def _record(self, request, body):
+        super()._record(request, body)
+        self.request_counts[(request.method, self.api_path(request.path))] += 1
+
+    @web.middleware
+    async def _middleware(self, request, handler):
+        # The control endpoint lives outside /api2 and skips PVE's authentication; it is
+        # reachable only from loopback (the fake only listens there anyway).
+        if request.path.startswith('/_fake/'):
+            if request.remote not in ('127.0.0.1', '::1'):
+                return web.json_response({'error': 'loopback only'}, status=403)
+            return await handler(request)
+        return await super()._middleware(request, handler)
+
+    async def _answer(self, request, handler, generic, path_node):
+        path = self.api_path(request.path)
+        for rule in list(self.path_failures):
+            if rule['method'] in (request.method, '*') and re.search(rule['regex'], path):
+                if rule['times'] is not None:
+                    rule['times'] -= 1
+                    if rule['times'] <= 0:
+                        self.path_failures.remove(rule)
+                if rule['status'] >= 595:
+                    # pveproxy's forwarding errors: empty body, the socket error as reason.
+                    return web.Response(status=rule['status'], reason=rule['message'])
+                return pve_error_response(rule['status'], rule['message'])
+        return await super()._answer(request, handler, generic, path_node)
+
+    def _build_app(self):
+        app = super()._build_app()
+        app.router.add_get('/_fake/state', self._fake_state)
+        app.router.add_post('/_fake/reset-requests', self._fake_reset)
+        app.router.add_post('/_fake/control', self._fake_control)
+        return app
+
+    # ------------------------------------------------------------------ routes
+
+    def _routes_prs(self):
+        """Stateful routes (see fakepve.routing): registered before fakepve's catch-all."""
+        qm = '/nodes/{node}/qemu/{vmid}'
+        return [('GET', qm + '/migrate', self._qm_migrate_check), ('POST', qm + '/migrate', self._qm_migrate),
+                ('GET', '/cluster/options', self._cluster_options),
+                ('GET', '/cluster/tasks', self._cluster_tasks),
+                ('GET', '/cluster/ha/resources', self._ha_resources),
+                ('GET', '/cluster/ha/resources/{sid}', self._ha_resource),
+                ('POST', '/cluster/ha/resources/{sid}/migrate', self._ha_resource_migrate),
+                ('POST', '/cluster/ha/resources/{sid}/relocate', self._ha_resource_migrate),
+                ('GET', '/cluster/ha/status/current', self._ha_status_current),
+                ('GET', '/cluster/ha/status/manager_status', self._ha_manager_status),
+                ('GET', '/nodes/{node}/status', self._node_status),
+                ('GET', '/nodes/{node}/rrddata', self._node_rrddata),
+                ('GET', qm + '/rrddata', self._qm_rrddata),
+                ('GET', '/nodes/{node}/lxc/{vmid}/rrddata', self._lxc_rrddata),
+                ('GET', '/nodes/{node}/version', self._node_version)]
+
+    # --- version, nodes, resources ---
+
+    async def _version(self, request):
+        return web.json_response({'data': {'version': self.version, 'release': self.release_version,
+                                           'repoid': PVE_REPOID}})
+
+    async def _node_version(self, v, user):
+        return {'version': self.version, 'release': self.release_version, 'repoid': PVE_REPOID}
+
+    def _node_item(self, name, user, snap):
+        """A node as /cluster/resources and /nodes show it."""
+        online = self.node_online(name)
+        item = {'id': 'node/' + name, 'type': 'node', 'node': name, 'status': 'online' if online else 'offline',
+                'level': ''}
+        if online and self.allowed(user, '/nodes/' + name, 'Sys.Audit'):
+            n, use = self.nodes[name], self.node_usage(name, snap)
+            item.update(cpu=round(min(1.0, use['cpu_cores'] / n['maxcpu']), 4), maxcpu=n['maxcpu'],
+                        mem=min(use['mem'], n['maxmem']), maxmem=n['maxmem'], disk=n['rootfs_used'],
+                        maxdisk=n['rootfs'], uptime=int(time.time() - self.started_at) + 864000,
+                        **{'cgroup-mode': 2, 'host-arch': 'x86_64'})
+        hastate = self.node_hastate(name, snap['ha_in_use'])
+        if hastate:
+            item['hastate'] = hastate
+        return item
+
+    def _guest_item(self, g, snap):
+        vols = snap['vols'][g.vmid]
+        qemu = self.kind(g) == 'qemu'
+        online = self.node_online(g.node)
+        running = online and self.guest_running(g)
+        item = {'id': g.guest, 'type': self.kind(g), 'vmid': g.vmid, 'name': g.name, 'node': g.node,
+                'status': g.status if online else 'unknown', 'template': 1 if g.template else 0,
+                'maxcpu': self.guest_maxcpu(g), 'maxmem': self.guest_maxmem(g),
+                'cpu': round(g.usage['cpu'], 4) if running else 0, 'mem': g.usage['mem'] if running else 0,
+                'disk': 0 if qemu else (g.usage['disk'] if running else 0),
+                'maxdisk': self.boot_disk_size(g, vols) if qemu else next(
+                    (v['size'] for v in vols if v['key'] == 'rootfs'), 0),
+                'uptime': int(time.time() - (g.started_at or time.time())) if running else 0,
+                'netin': 0, 'netout': 0, 'diskread': 0, 'diskwrite': 0}
+        if qemu:
+            item['memhost'] = g.usage['memhost'] if running else 0
+        if g.lock:
+            item['lock'] = g.lock
+        if g.config.get('tags'):
+            item['tags'] = g.config['tags']
+        if g.pool:
+            item['pool'] = g.pool
+        if g.ha_managed:
+            item['hastate'] = g.ha_state
+        return item
+
+    def _storage_item(self, node, name, snap):
+        store = self.storages[name]
+        if not self._storage_enabled(name, node):
+            return None
+        item = {'id': 'storage/{0}/{1}'.format(node, name), 'type': 'storage', 'node': node, 'storage': name,
+                'plugintype': store['type'], 'content': store.get('content', ''),
+                'shared': 1 if store.get('shared') else 0,
+                'status': 'available' if self.node_online(node) and store.get('active', 1) else 'unknown'}
+        if item['status'] == 'available':
+            item.update(disk=self.storage_used(node, name, snap), maxdisk=self.storage_total(node, name))
+        return item
+
+    async def _resources(self, request):
+        kind = request.query.get('type')
+        if kind not in (None, 'vm', 'storage', 'node', 'sdn'):
+            raise PveError(400, 'Parameter verification failed.',
+                           {'type': "value '{0}' does not have a value in the enumeration 'vm, storage, node, sdn'"
+                            .format(kind)})
+        user = request[USER]
+        snap = self.usage_snapshot()
+        data = []
+        if kind in (None, 'vm'):
+            data += [self._guest_item(g, snap) for g in snap['guests']
+                     if self.allowed(user, '/vms/{0}'.format(g.vmid), 'VM.Audit')]
+        if kind in (None, 'node'):
+            data += [self._node_item(n, user, snap) for n in sorted(self.nodes)]
+        if kind in (None, 'storage'):
+            for node in sorted(self.nodes):
+                data += [item for item in (self._storage_item(node, s, snap) for s in sorted(self.storages)) if item]
+        if kind is None:
+            data += [{'id': '/pool/' + p, 'type': 'pool', 'pool': p} for p in sorted(self.pools)]
+        if kind in (None, 'sdn'):
+            data += [{'id': 'sdn/{0}/localnetwork'.format(n), 'type': 'sdn', 'sdn': 'localnetwork', 'node': n,
+                      'status': 'ok' if self.node_online(n) else 'unknown'} for n in sorted(self.nodes)]
+        return web.json_response({'data': data})
+
+    async def _nodes(self, request):
+        data = []
+        snap = self.usage_snapshot()
+        for n in sorted(self.nodes):
+            item = self._node_item(n, request[USER], snap)
+            item.pop('hastate', None)
+            item['ssl_fingerprint'] = 'AA:' * 31 + 'AA'
+            data.append(item)
+        return web.json_response({'data': data})
+
+    def _vm_usage(self, vm):
+        # fakepve's VM list and status/current build on this; give them the same numbers.
+        data = super()._vm_usage(vm)
+        running = self.guest_running(vm) and self.node_online(vm.node)
+        data.update(cpu=round(vm.usage['cpu'], 4) if running else 0, mem=vm.usage['mem'] if running else 0,
+                    memhost=vm.usage['memhost'] if running else 0, maxdisk=self.boot_disk_size(vm),
+                    maxcpu=self.guest_maxcpu(vm))
+        return data
+
+    def _status(self, ct):
+        data = super()._status(ct)
+        running = self.guest_running(ct)
+        data.update(cpu=round(ct.usage['cpu'], 4) if running else 0, mem=ct.usage['mem'] if running else 0,
+                    disk=ct.usage['disk'] if running else 0, cpus=self.guest_maxcpu(ct))
+        return data
+
+    def _status_item(self, name, node, formats=False):
+        # /nodes/{node}/storage: the same per-node sizes as /cluster/resources.
+        item = super()._status_item(name, node, formats)
+        if item['active']:
+            total, used = self.storage_total(node, name), self.storage_used(node, name)
+            item.update(total=total, used=used, avail=max(0, total - used))
+        return item
+
+    async def _node_status(self, v, user):
+        node = v['node']
+        n, use = self.nodes[node], self.node_usage(node)
+        mem = min(use['mem'], n['maxmem'])
+        return {'cpu': round(min(1.0, use['cpu_cores'] / n['maxcpu']), 4), 'wait': 0.001,
+                'cpuinfo': {'cpus': n['maxcpu'], 'cores': max(1, n['maxcpu'] // 2), 'sockets': 1,
+                            'model': 'AMD EPYC 7443P 24-Core Processor', 'mhz': '2850.000', 'hvm': '1',
+                            'user_hz': 100, 'flags': 'fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 svm'},
+                'memory': {'total': n['maxmem'], 'used': mem, 'free': n['maxmem'] - mem,
+                           'available': n['maxmem'] - mem},
+                'swap': {'total': 8 * GiB, 'used': 0, 'free': 8 * GiB},
+                'rootfs': {'total': n['rootfs'], 'used': n['rootfs_used'], 'free': n['rootfs'] - n['rootfs_used'],
+                           'avail': n['rootfs'] - n['rootfs_used']},
+                'ksm': {'shared': 0}, 'uptime': int(time.time() - self.started_at) + 864000,
+                'loadavg': ['{0:.2f}'.format(use['cpu_cores'])] * 3, 'idle': 0,
+                'kversion': 'Linux 6.14.11-4-pve #1 SMP PREEMPT_DYNAMIC PMX 6.14.11-4 (2026-05-12T09:01Z)',
+                'pveversion': 'pve-manager/{0}/{1}'.format(self.version, PVE_REPOID),
+                'boot-info': {'mode': 'efi', 'secureboot': 0},
+                'current-kernel': {'sysname': 'Linux', 'release': '6.14.11-4-pve', 'machine': 'x86_64',
+                                   'version': '#1 SMP PREEMPT_DYNAMIC PMX 6.14.11-4'}}
+
+    # RRD history: flat series at today's usage (the fake has no history); enough for a client
+    # that averages over a timeframe to get the same figures as /cluster/resources.
+    RRD_STEP = {'hour': 60, 'day': 1800, 'week': 10800, 'month': 43200, 'year': 604800, 'decade': 6048000}
+
+    def _rrd(self, timeframe, point):
+        step = self.RRD_STEP.get(timeframe, 60)
+        now = int(time.time()) // step * step
+        return [dict(point, time=now - step * (69 - i)) for i in range(70)]
+
+    async def _node_rrddata(self, v, user):
+        node = v['node']
+        n, use = self.nodes[node], self.node_usage(node)
+        mem = min(use['mem'], n['maxmem'])
+        return self._rrd(v.get('timeframe'), {
+            'cpu': round(min(1.0, use['cpu_cores'] / n['maxcpu']), 4), 'maxcpu': n['maxcpu'], 'iowait': 0.001,
+            'loadavg': round(use['cpu_cores'], 2), 'memused': mem, 'memtotal': n['maxmem'],
+            'memavailable': n['maxmem'] - mem, 'swapused': 0, 'swaptotal': 8 * GiB, 'rootused': n['rootfs_used'],
+            'roottotal': n['rootfs'], 'netin': 1000.0, 'netout': 1000.0})
+
+    def _guest_rrd(self, g, timeframe):
+        running = self.guest_running(g)
+        point = {'cpu': round(g.usage['cpu'], 4) if running else 0, 'maxcpu': self.guest_maxcpu(g),
+                 'mem': g.usage['mem'] if running else 0, 'maxmem': self.guest_maxmem(g),
+                 'disk': 0 if self.kind(g) == 'qemu' else (g.usage['disk'] if running else 0),
+                 'maxdisk': self.boot_disk_size(g), 'netin': 0.0, 'netout': 0.0, 'diskread': 0.0, 'diskwrite': 0.0}
+        if self.kind(g) == 'qemu':
+            point['memhost'] = g.usage['memhost'] if running else 0
+        return self._rrd(timeframe, point)
+
+    async def _qm_rrddata(self, v, user):
+        return self._guest_rrd(self.find(v['node'], v['vmid']), v.get('timeframe'))
+
+    async def _lxc_rrddata(self, v, user):
+        return self._guest_rrd(self._find_ct(v['node'], v['vmid']), v.get('timeframe'))
+
+    async def _cluster_options(self, v, user):
+        return {'crs': dict(self.crs), 'keyboard': 'en-us', 'migration': {'type': 'secure'},
+                'description': 'fakecluster {0}'.format(self.cluster_name)}
+
+    # --- tasks ---
+
+    def _task_matches(self, t, p):
+        if p.get('typefilter') and t['type'] != p['typefilter']:
+            return False
+        if p.get('vmid') is not None and t['id'] != str(p['vmid']):
+            return False
+        if p.get('userfilter') and p['userfilter'] not in t['user']:
+            return False
+        if p.get('since') is not None and t['starttime'] < int(p['since']):
+            return False
+        if p.get('until') is not None and t['starttime'] > int(p['until']):
+            return False
+        source = p.get('source') or 'archive'
+        finished = t['status'] == 'stopped'
+        if (source == 'archive' and not finished) or (source == 'active' and finished):
+            return False
+        return not (p.get('errors') and t.get('exitstatus', 'OK') == 'OK')
+
+    async def _task_list(self, request):
+        # fakepve ignores typefilter/source/since, which a balancer waiting on HA needs (PVE-API 4.4).
+        from fakepve.server import params as read_params
+        node = request.match_info['node']
+        user = request[USER]
+        p = self._verify(request, await read_params(request))
+        audit = self.allowed(user, '/nodes/' + node, 'Sys.Audit')
+        data = [self._task_view(t, True) for t in self.tasklog if t['node'] == node and self._task_matches(t, p)
+                and (audit or self._task_owner(user, t))]
+        data.sort(key=lambda t: -t['starttime'])
+        start = p.get('start', 0)
+        return web.json_response({'data': data[start:start + p.get('limit', 50)]})
+
+    async def _task_log(self, request):
+        # PVE 9 (pve-common dump_logfile_by_filehandle) reads to the end for limit=0; fakepve
+        # returns nothing then.
+        from fakepve.server import params as read_params
+        p = self._verify(request, await read_params(request))
+        lines = self._get_task(request)['log']
+        start, limit = p.get('start', 0), p.get('limit', 50)
+        numbered = [{'n': n + 1, 't': t} for n, t in enumerate(lines)][start:]
+        return web.json_response({'data': numbered if limit == 0 else numbered[:limit]})
+
+    async def _cluster_tasks(self, v, user):
+        audit = self.allowed(user, '/', 'Sys.Audit')
+        out = []
+        for t in self.tasklog[-200:]:
+            if not (audit or self._task_owner(user, t)):
+                continue
+            item = {k: t[k] for k in ('upid', 'node', 'pid', 'pstart', 'starttime', 'type', 'id', 'user')}
+            if t['status'] == 'stopped':
+                item.update(endtime=t.get('endtime'), status=t.get('exitstatus'))
+            out.append(item)
+        return sorted(out, key=lambda t: -t['starttime'])
+
+    # --- qemu migrate ---
+
+    def _find_qemu(self, node, vmid):
+        return self.find(node, vmid)  # fakepve's, with PVE's "Configuration file ... does not exist"
+
+    async def _qm_migrate_check(self, v, user):
+        g = self._find_qemu(v['node'], v['vmid'])
+        self.need_quorum()
+        self._check_lock(g)
+        vols = self.volumes(g)
+        allowed, not_allowed = [], {}
+        for node in sorted(self.nodes):
+            if node == g.node:
+                continue
+            # Like PVE: storages only, not whether the node is online or has room.
+            missing = sorted({vol['storage'] for vol in vols if not self.storage_on(vol['storage'], node)})
+            if missing:
+                not_allowed[node] = {'unavailable_storages': missing}
+            else:
+                allowed.append(node)
+        local_disks = []
+        for vol in vols:
+            if vol['shared']:
+                continue
+            entry = {'volid': vol['volid'], 'drivename': vol['key'], 'is_attached': 1}
+            if vol['cdrom']:
+                entry['cdrom'] = 1
+            if vol['size_given']:
+                entry['size'] = vol['size']
+            if vol['key'].startswith('unused'):
+                entry.update(is_attached=0, is_unused=1)
+                entry.pop('drivename')
+            local_disks.append(entry)
+        data = {'running': 1 if self.guest_running(g) else 0, 'allowed_nodes': allowed,
+                'not_allowed_nodes': not_allowed, 'local_disks': local_disks,
+                'local_resources': self.local_resources(g), 'mapped-resources': [], 'mapped-resource-info': {},
+                'has-dbus-vmstate': 1}
+        if g.ha_managed:
+            data['dependent-ha-resources'] = []
+        return data
+
+    async def _qm_migrate(self, v, user):
+        # The order of PVE::API2::Qemu::migrate_vm's synchronous checks.
+        node, target = v['node'], v['target']
+        if target == node:
+            raise PveError(400, 'Parameter verification failed.', {'target': 'target is local node.'})
+        self.need_quorum()
+        if target not in self.nodes:
+            raise PveError(500, "no such cluster node '{0}'".format(target))
+        for opt in ('force', 'migration_type', 'migration_network'):
+            if v.get(opt) is not None and user != 'root@pam':
+                raise PveError(400, 'Parameter verification failed.', {opt: 'Only root may use this option.'})
+        g = self._find_qemu(node, v['vmid'])
+        self._check_lock(g)
+        if self.guest_running(g) and not _flag(v.get('online', 0)):
+            raise PveError(500, "can't migrate running VM without --online")
+        smap = self._storage_map(v.get('targetstorage'), self.volumes(g))
+        for vol in self.volumes(g):
+            dst = smap.get(vol['storage'], vol['storage'])
+            if not self.storage_on(dst, target):
+                raise PveError(500, "storage '{0}' is not available on node '{1}'".format(dst, target))
+            if dst != vol['storage'] and 'images' not in self.storages[dst]['content']:
+                raise PveError(500, "storage '{0}' does not support vm images".format(dst))
+        params = {k: val for k, val in v.items() if k not in ('node', 'vmid')}
+        if g.ha_managed:
+            return await self._hamigrate(g, target, user)
+        return await self.start_migration(g, target, params, user, 'qmigrate')
+
+    async def _hamigrate(self, g, target, user):
+        """The hamigrate worker: queue `ha-manager migrate`, end OK at once (PVE-API 3.5)."""
+        vt = 'VM' if self.kind(g) == 'qemu' else 'CT'
+
+        async def body(write, upid):
+            write('Requesting HA migration for {0} {1} to node {2}'.format(vt, g.vmid, target), stamp=False)
+            self.queue_ha_move(g, target)
+        return await self.run_task(g.node, 'hamigrate', g.vmid, user, body)
+
+    # --- lxc migrate (fakepve's own routes call these by name) ---
+
+    async def _lxc_migrate_check(self, user, v):
+        ct = self._find_ct(v['node'], v['vmid'])
+        self.need_quorum()
+        self._ct_check_lock(ct)
+        data = {'running': 1 if self.guest_running(ct) else 0,
+                'allowed-nodes': [n for n in sorted(self.nodes) if n != ct.node], 'not-allowed-nodes': {}}
+        if ct.ha_managed:
+            data['dependent-ha-resources'] = []
+        return data
+
+    async def _lxc_migrate(self, user, v):
+        node, target = v['node'], v['target']
+        if target == node:
+            raise PveError(400, 'Parameter verification failed.', {'target': 'target is local node.'})
+        self.need_quorum()
+        if target not in self.nodes:
+            raise PveError(500, "no such cluster node '{0}'".format(target))
+        ct = self._find_ct(node, v['vmid'])
+        self._ct_check_lock(ct)
+        if self.guest_running(ct) and not _flag(v.get('online', 0)) and not _flag(v.get('restart', 0)):
+            raise PveError(500, "can't migrate running container without --online or --restart")
+        params = {k: val for k, val in v.items() if k not in ('node', 'vmid')}
+        if ct.ha_managed:
+            return await self._hamigrate(ct, target, user)
+        return await self.start_migration(ct, target, params, user, 'vzmigrate')
+
+    # --- HA views ---
+
+    def _ha_guests(self):
+        return [g for g in self.all_guests() if g.ha_managed]
+
+    def _ha_config(self, g):
+        return {'sid': self.ha_sid(g), 'type': 'vm' if self.kind(g) == 'qemu' else 'ct',
+                'state': 'started' if g.ha_state != 'stopped' else 'stopped', 'max_restart': 1,
+                'max_relocate': 1, 'failback': 1, 'auto-rebalance': 1,
+                'digest': hashlib.sha1(self.ha_sid(g).encode()).hexdigest()}
+
+    def _ha_lookup(self, sid):
+        m = re.fullmatch(r'(?:(vm|ct):)?(\d+)', str(sid))
+        g = self.guest(int(m.group(2))) if m else None
+        if g is None or not g.ha_managed:
+            raise PveError(500, "no such resource '{0}'".format(sid))
+        return g
+
+    async def _ha_resources(self, v, user):
+        kind = v.get('type')
+        return [self._ha_config(g) for g in self._ha_guests()
+                if kind is None or self._ha_config(g)['type'] == kind]
+
+    async def _ha_resource(self, v, user):
+        return self._ha_config(self._ha_lookup(v['sid']))
+
+    async def _ha_resource_migrate(self, v, user):
+        g = self._ha_lookup(v['sid'])
+        self.need_quorum()
+        if v['node'] not in self.nodes:
+            raise PveError(500, "no such cluster node '{0}'".format(v['node']))
+        self.queue_ha_move(g, v['node'])
+        return {'sid': self.ha_sid(g), 'requested-node': v['node'], 'comigrated-resources': [],
+                'blocking-resources': []}
+
+    def _master(self):
+        return next((n for n in sorted(self.nodes) if self.node_online(n)), sorted(self.nodes)[0])
+
+    async def _ha_status_current(self, v, user):
+        now = int(time.time())
+        when = time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(now))
+        master = self._master()
+        data = [{'id': 'quorum', 'type': 'quorum', 'node': master, 'quorate': 1 if self.quorate else 0,
+                 'status': 'OK' if self.quorate else 'No quorum on node {0}!'.format(master)}]
+        if not self.ha_in_use():
+            return data
+        data.append({'id': 'master', 'type': 'master', 'node': master, 'timestamp': now,
+                     'status': '{0} (active, {1})'.format(master, when)})
+        data.append({'id': 'fencing', 'type': 'fencing', 'node': master, 'armed-state': 'armed',
+                     'resource_mode': 'freeze', 'status': 'armed (CRM watchdog active)'})
+        for n in sorted(self.nodes):
+            if not self.node_online(n):
+                text = '{0} (old timestamp - dead?, {1})'.format(n, when)
+            elif self.nodes[n].get('hastate') == 'maintenance':
+                text = '{0} (maintenance mode, watchdog active, {1})'.format(n, when)
+            else:
+                text = '{0} ({1}, {2})'.format(n, 'active' if any(g.node == n for g in self._ha_guests())
+                                               else 'idle', when)
+            data.append({'id': 'lrm:' + n, 'type': 'lrm', 'node': n, 'timestamp': now, 'status': text})
+        for g in self._ha_guests():
+            cfg = self._ha_config(g)
+            entry = dict(cfg, id='service:' + cfg['sid'], type='service', node=g.node, crm_state=g.ha_state,
+                         state=g.ha_state, request_state=cfg['state'],
+                         status='{0} ({1}, {2})'.format(cfg['sid'], g.node, g.ha_state))
+            entry.pop('digest', None)
+            if g.ha_target:
+                entry['target'] = g.ha_target
+            data.append(entry)
+        return data
+
+    async def _ha_manager_status(self, v, user):
+        now = int(time.time())
+        master = self._master()
+        node_status = {n: ('unknown' if not self.node_online(n) else self.nodes[n].get('hastate') or 'online')
+                       for n in sorted(self.nodes)}
+        services = {}
+        for g in self._ha_guests():
+            s = {'node': g.node, 'state': g.ha_state, 'running': 1 if self.guest_running(g) else 0,
+                 'uid': '{0:022x}'.format(g.vmid)}
+            if g.ha_target:
+                s['target'] = g.ha_target
+            if g.maintenance_node:
+                s['maintenance_node'] = g.maintenance_node
+            services[self.ha_sid(g)] = s
+        lrm = {n: ({'mode': 'maintenance', 'state': 'maintenance'} if node_status[n] == 'maintenance'
+                   else {'mode': 'active', 'state': 'active' if any(g.node == n for g in self._ha_guests())
+                         else 'wait_for_agent_lock'}) for n in sorted(self.nodes) if self.node_online(n)}
+        for state in lrm.values():
+            state.update(timestamp=now, results={})
+        return {'manager_status': {'master_node': master, 'timestamp': now, 'node_status': node_status,
+                                   'node_request': {n: {'maintenance': 1} for n, s in node_status.items()
+                                                    if s == 'maintenance'},
+                                   'service_status': services},
+                'quorum': {'node': master, 'quorate': 1 if self.quorate else 0}, 'lrm_status': lrm}
+
+    # ------------------------------------------------------------------ control (loop side)
+
+    def add_path_failure(self, method, regex, status, message, times=1):
+        re.compile(regex)
+        self.path_failures.append({'method': method.upper(), 'regex': regex, 'status': int(status),
+                                   'message': message, 'times': times})
+
+    def add_task_failure(self, vmid, message, exitstatus='migration aborted'):
+        self.find_guest(vmid)
+        self.task_failures[int(vmid)].append((message, exitstatus))
+
+    def set_node_state(self, node, online):
+        if node not in self.nodes:
+            raise KeyError('no node {0}'.format(node))
+        self.nodes[node]['online'] = bool(online)
+
+    def set_lock(self, vmid, lock):
+        g = self.find_guest(vmid)
+        g.lock = lock or None
+        if self.kind(g) == 'qemu':
+            if lock:
+                g.config['lock'] = lock
+            else:
+                g.config.pop('lock', None)
+
+    def reset_requests(self):
+        self.requests.clear()
+        self.request_counts.clear()
+
+    def state(self):
+        return {'url': self.url, 'quorate': self.quorate, 'busy': self.busy(),
+                'placement': {str(k): v for k, v in self.placement().items()},
+                'node_usage': self.all_node_usage(),
+                'guests': {str(g.vmid): self.guest_view(g) for g in self.all_guests()},
+                'requests': {'{0} {1}'.format(m, p): c for (m, p), c in sorted(self.request_counts.items())},
+                'requests_total': sum(self.request_counts.values()),
+                'migrations': self.migrations, 'crm_log': self.crm_log[-200:], 'crs': self.crs}
+
+    CONTROL_ACTIONS = ('set_node_offline', 'set_node_online', 'lose_quorum', 'restore_quorum', 'lock', 'unlock',
+                       'set_ha_maintenance', 'fail', 'fail_task', 'set_crs', 'revoke_tickets', 'set_time_scale')
+
+    def control(self, action, args=(), kwargs=None):
+        """One control action by name (used by /_fake/control; FakeCluster has the same names)."""
+        kwargs = kwargs or {}
+        if action not in self.CONTROL_ACTIONS:
+            raise KeyError('unknown action {0!r}; known: {1}'.format(action, ', '.join(self.CONTROL_ACTIONS)))
+        table = {'set_node_offline': lambda node: self.set_node_state(node, False),
+                 'set_node_online': lambda node: self.set_node_state(node, True),
+                 'lose_quorum': self.lose_quorum, 'restore_quorum': self.regain_quorum,
+                 'lock': self.set_lock, 'unlock': lambda vmid: self.set_lock(vmid, None),
+                 'set_ha_maintenance': self.set_ha_maintenance, 'fail': self.add_path_failure,
+                 'fail_task': self.add_task_failure, 'set_crs': lambda **kw: self.crs.update(kw),
+                 'revoke_tickets': self.revoke_tickets,
+                 'set_time_scale': lambda scale: setattr(self, 'time_scale', float(scale))}
+        return table[action](*args, **kwargs)
+
+    async def _fake_state(self, request):
+        return web.json_response(self.state())
+
+    async def _fake_reset(self, request):
+        self.reset_requests()
+        return web.json_response({'ok': 1})
+
+    async def _fake_control(self, request):
+        try:
+            body = await request.json()
+            result = self.control(body['action'], body.get('args', []), body.get('kwargs', {}))
+        except (KeyError, TypeError, ValueError) as e:
+            return web.json_response({'error': str(e)}, status=400)
+        return web.json_response({'ok': 1, 'result': result})
+
+
+# =====================================================================================
+# 3. The test-facing wrapper
+# =====================================================================================
+
+class FakeCluster(object):
+    """A ClusterPve served over TLS on 127.0.0.1 from a background thread.
+
+        c = FakeCluster('small.json', time_scale=0.0); c.start(); ...; c.stop()
+    or `with FakeCluster(...) as c:`. Every method is safe to call from the test thread:
+    state is only read or changed on the server's loop.
+    """
+
+    def __init__(self, scenario, time_scale=0.0, ha_delay=1.0, user='root@pam', password='secret', port=0,
+                 certdir=None):
+        self.pve = ClusterPve(scenario, user=user, password=password, host='127.0.0.1', port=port)
+        self.pve.time_scale = float(time_scale)
+        self.pve.ha_delay_real = float(ha_delay)
+        self.cafile = None
+        self._certdir = certdir
+        self._tmp = None
+        self._loop = None
+        self._thread = None
+
+    # --- lifecycle ---
+
+    def start(self):
+        from fakepve.certs import make_cert
+        if self._loop is not None:
+            raise RuntimeError('already started')
+        directory = self._certdir or tempfile.mkdtemp(prefix='fakecluster-')
+        if not self._certdir:
+            self._tmp = directory
+        os.makedirs(directory, exist_ok=True)
+        certfile, keyfile, _ = make_cert(directory, name='fakecluster', hosts=('127.0.0.1',))
+        self.cafile = certfile
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self._loop)
+            self._loop.call_soon(ready.set)
+            self._loop.run_forever()
+        self._thread = threading.Thread(target=run, name='fakecluster', daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        try:
+            self._run(self.pve.start(certfile, keyfile))
+        except BaseException:
+            self._halt()
+            raise
+        return self
+
+    def stop(self):
+        if self._loop is None:
+            return
+        try:
+            self._run(self.pve.stop())
+        finally:
+            self._halt()
+            if self._tmp:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._tmp = None
+
+    def _halt(self):
+        loop, self._loop = self._loop, None
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            loop.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _run(self, coro, timeout=30):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _call(self, fn, *args, **kwargs):
+        """fn(*args) on the server loop (directly if not started, or already on the loop)."""
+        if self._loop is None or threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+
+        async def run():
+            return fn(*args, **kwargs)
+        return self._run(run())
+
+    # --- addresses and credentials ---
+
+    @property
+    def port(self):
+        return self.pve.port
+
+    @property
+    def host(self):
+        return '127.0.0.1:{0}'.format(self.pve.port)
+
+    @property
+    def url(self):
+        return 'https://' + self.host
+
+    @property
+    def user(self):
+        return self.pve.user
+
+    @property
+    def password(self):
+        return self.pve.password
+
+    def add_token(self, user, tokenid, secret):
+        """An API token user@realm!tokenid with this secret (privsep is not modelled: full rights)."""
+        self._call(self.pve.apitokens.__setitem__, '{0}!{1}'.format(user, tokenid), secret)
+
+    def add_user(self, user, password):
+        self._call(self.pve.users.__setitem__, user, password)
+
+    @property
+    def ticket_ttl(self):
+        return self.pve.ticket_ttl
+
+    @ticket_ttl.setter
+    def ticket_ttl(self, secs):
+        # Applies to tickets issued from now on.
+        self._call(setattr, self.pve, 'ticket_ttl', secs)
+
+    def revoke_tickets(self):
+        self._call(self.pve.revoke_tickets)
+
+    @property
+    def time_scale(self):
+        return self.pve.time_scale
+
+    @time_scale.setter
+    def time_scale(self, value):
+        self._call(setattr, self.pve, 'time_scale', float(value))
+
+    @property
+    def ha_delay(self):
+        return self.pve.ha_delay_real
+
+    @ha_delay.setter
+    def ha_delay(self, value):
+        self._call(setattr, self.pve, 'ha_delay_real', float(value))
+
+    # --- inspection ---
+
+    def placement(self):
+        """{vmid: node} of every guest."""
+        return self._call(self.pve.placement)
+
+    def node_usage(self):
+        """{node: {mem, maxmem, cpu_cores, maxcpu, assigned_mem, local_disk_used, local_disk_size, guests,
+        running, online, hastate}}; bytes and host cores; only running guests count for mem/cpu."""
+        return self._call(self.pve.all_node_usage)
+
+    def guest(self, vmid):
+        return self._call(lambda: self.pve.guest_view(self.pve.find_guest(vmid)))
+
+    def guests(self):
+        return self._call(lambda: {g.vmid: self.pve.guest_view(g) for g in self.pve.all_guests()})
+
+    @property
+    def requests(self):
+        """(method, path) of every API request served, oldest first; path without /api2/json."""
+        return self._call(lambda: [(m, self.pve.api_path(p)) for m, p, _ in self.pve.requests])
+
+    def request_counts(self):
+        """{(method, path): count}, unbounded (requests keeps the last 1,000,000)."""
+        return self._call(lambda: dict(self.pve.request_counts))
+
+    def reset_requests(self):
+        self._call(self.pve.reset_requests)
+
+    @property
+    def migrations(self):
+        """Completed real migrations: dicts vmid, type, source, target, kind (qmigrate|vzmigrate|ha), params,
+        upid, duration (PVE seconds), time."""
+        return self._call(lambda: copy.deepcopy(self.pve.migrations))
+
+    def tasks(self, ttype=None):
+        """Task records (upid, node, type, id, user, status, exitstatus, log), oldest first."""
+        return self._call(lambda: [copy.deepcopy(t) for t in self.pve.tasklog if ttype in (None, t['type'])])
+
+    def task_log(self, upid):
+        return self._call(lambda: list(self.pve.tasks[upid]['log']))
+
+    @property
+    def crm_log(self):
+        return self._call(lambda: list(self.pve.crm_log))
+
+    def state(self):
+        """What GET /_fake/state returns."""
+        return self._call(self.pve.state)
+
+    def busy(self):
+        return self._call(self.pve.busy)
+
+    def wait_idle(self, timeout=10.0):
+        """Wait until no task runs and no HA move is queued; returns False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.busy():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def wait_for(self, predicate, timeout=10.0, interval=0.02):
+        """Poll predicate(self) until it is true; returns its last value."""
+        deadline = time.monotonic() + timeout
+        value = predicate(self)
+        while not value and time.monotonic() < deadline:
+            time.sleep(interval)
+            value = predicate(self)
+        return value
+
+    # --- faults and scenario changes ---
+
+    def fail(self, method, path_regex, status, message, times=1):
+        """Answer requests (method or '*', path regex searched in the path without /api2/json) with an
+        HTTP error; times=None fails every one. 595-599 get an empty body, as pveproxy sends."""
+        self._call(self.pve.add_path_failure, method, path_regex, status, message, times)
+
+    def fail_task(self, vmid, message, exitstatus='migration aborted'):
+        """The next migration task of vmid fails: log 'ERROR: migration aborted (...): message',
+        exit status `exitstatus` (PVE's 'migration aborted'; None = the message itself)."""
+        self._call(self.pve.add_task_failure, vmid, message, exitstatus)
+
+    def set_node_offline(self, node):
+        self._call(self.pve.set_node_state, node, False)
+
+    def set_node_online(self, node):
+        self._call(self.pve.set_node_state, node, True)
+
+    def lose_quorum(self):
+        self._call(self.pve.lose_quorum)
+
+    def restore_quorum(self):
+        self._call(self.pve.regain_quorum)
+
+    def lock(self, vmid, lock='backup'):
+        self._call(self.pve.set_lock, vmid, lock)
+
+    def unlock(self, vmid):
+        self._call(self.pve.set_lock, vmid, None)
+
+    def set_ha_maintenance(self, node, on=True):
+        """Enable (or disable) HA maintenance: HA guests are moved away (back) by the HA stack."""
+        if self._loop is None:
+            raise RuntimeError('start() the cluster first: maintenance schedules HA moves')
+        self._call(self.pve.set_ha_maintenance, node, on)
+
+    def set_crs(self, **options):
+        """Datacenter crs options, e.g. set_crs(**{'ha-auto-rebalance': 1})."""
+        self._call(self.pve.crs.update, options)
+
+    def set_usage(self, vmid, **usage):
+        """Change a guest's usage: cpu (fraction of its vCPUs), mem_gib, memhost_gib, disk_gib."""
+        def apply():
+            g = self.pve.find_guest(vmid)
+            for key, value in usage.items():
+                if key == 'cpu':
+                    g.usage['cpu'] = float(value)
+                elif key in ('mem_gib', 'memhost_gib', 'disk_gib'):
+                    g.usage[key[:-4] if key != 'disk_gib' else 'disk'] = _gib(value)
+                else:
+                    raise KeyError(key)
+        self._call(apply)
+
+
+# =====================================================================================
+# 4. Command line
+# =====================================================================================
+
+def _serve(args):
+    state_dir = os.path.abspath(args.state_dir)
+    os.makedirs(state_dir, exist_ok=True)
+    for name in ('ready', 'url'):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir, name))
+    cluster = FakeCluster(args.scenario, time_scale=args.time_scale, ha_delay=args.ha_delay, port=args.port,
+                          user=args.user, password=args.password, certdir=os.path.join(state_dir, 'pki'))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster.start()
+    try:
+        shutil.copyfile(cluster.cafile, os.path.join(state_dir, 'ca.crt'))
+        with open(os.path.join(state_dir, 'url.tmp'), 'w') as fh:
+            fh.write(cluster.url + '\n')
+        os.replace(os.path.join(state_dir, 'url.tmp'), os.path.join(state_dir, 'url'))
+        with open(os.path.join(state_dir, 'ready'), 'w') as fh:
+            fh.write('{0}\n'.format(os.getpid()))
+        print('fakecluster serving {0} ({1}) state in {2}'.format(cluster.url, args.scenario, state_dir),
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir, 'ready'))
+        cluster.stop()
+    return 0
+
+
+def _generate(args):
+    options = {}
+    for item in args.set or ():
+        key, _, value = item.partition('=')
+        options[key.replace('-', '_')] = json.loads(value)
+    json.dump(generate_scenario(args.seed, args.nodes, args.guests, **options), sys.stdout, indent=1)
+    sys.stdout.write('\n')
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='fakecluster', description='A fake Proxmox VE 9 cluster for PRS tests.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    serve = sub.add_parser('serve', help='serve a scenario until SIGTERM/SIGINT')
+    serve.add_argument('scenario', help='scenario JSON file (or a name under tests/scenarios/)')
+    serve.add_argument('--state-dir', required=True, help='writes url, ca.crt, then ready')
+    serve.add_argument('--time-scale', type=float, default=0.0, help='real seconds per PVE second (0 = instant)')
+    serve.add_argument('--ha-delay', type=float, default=1.0, help='real seconds before the HA stack acts')
+    serve.add_argument('--port', type=int, default=0, help='0 = a free port')
+    serve.add_argument('--user', default='root@pam')
+    serve.add_argument('--password', default='secret')
+    gen = sub.add_parser('generate', help='print a generated scenario')
+    gen.add_argument('--seed', type=int, required=True)
+    gen.add_argument('--nodes', type=int, default=4)
+    gen.add_argument('--guests', type=int, default=20)
+    gen.add_argument('--set', action='append', metavar='OPTION=JSON', help='generator option, e.g. ha=0.2')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='fakecluster: %(levelname)s %(message)s')
+    return _serve(args) if args.command == 'serve' else _generate(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
