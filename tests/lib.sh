@@ -1,0 +1,33 @@
+# Shared by tests/run, tests/demo and tests/bench (sourced, not run): install what the
+# scripts need from nothing. python3-venv comes from Debian if missing; everything else
+# goes with pip into virtual environments under .venv/ (or $PRS_VENV_DIR).
+VENVS=${PRS_VENV_DIR:-$PWD/.venv}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_python_venv() {
+    if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        echo "installing python3 and python3-venv from Debian" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+}
+
+pip_quiet() {   # pip, without the per-package notes of this machine's local mirrors
+    "$@" 2> >(grep -v '^WARNING: Location' >&2)
+}
+
+venv_for() {    # venv_for NAME REQUIREMENT... -> path of a ready virtual environment
+    local name=$1 dir="$VENVS/$1" stamp
+    shift
+    stamp="$(cat tests/requirements.txt; echo "$@")"
+    if [ ! -x "$dir/bin/python" ] || [ "$(cat "$dir/.prs-stamp" 2>/dev/null)" != "$stamp" ]; then
+        need_python_venv
+        echo "preparing $dir ($*)" >&2
+        rm -rf "$dir"
+        python3 -m venv "$dir"
+        pip_quiet "$dir/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt "$@" >&2
+        printf '%s' "$stamp" > "$dir/.prs-stamp"
+    fi
+    echo "$dir"
+}
