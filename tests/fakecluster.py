@@ -142,6 +142,8 @@ def load_scenario(source):
     if not isinstance(raw, dict) or not raw.get('nodes'):
         raise ScenarioError('a scenario needs a non-empty "nodes" list')
     out = {'cluster_name': raw.get('cluster_name', 'prs-test'),
+           # HA rules as GET /cluster/ha/rules lists them (PVE 9): served as given.
+           'ha_rules': [dict(r) for r in raw.get('ha_rules', [])],
            'crs': dict({'ha': 'basic', 'ha-rebalance-on-start': 0, 'ha-auto-rebalance': 0}, **raw.get('crs', {}))}
     # Omitted shared_storages: a Ceph pool, as most clusters a balancer runs on have one.
     # An explicit [] means no shared storage at all.
@@ -1157,6 +1159,7 @@ class ClusterPve(FakePve):
                 ('GET', '/cluster/options', self._cluster_options),
                 ('GET', '/cluster/tasks', self._cluster_tasks),
                 ('GET', '/cluster/ha/resources', self._ha_resources),
+                ('GET', '/cluster/ha/rules', self._ha_rules),
                 ('GET', '/cluster/ha/resources/{sid}', self._ha_resource),
                 ('POST', '/cluster/ha/resources/{sid}/migrate', self._ha_resource_migrate),
                 ('POST', '/cluster/ha/resources/{sid}/relocate', self._ha_resource_migrate),
@@ -1530,6 +1533,11 @@ class ClusterPve(FakePve):
         kind = v.get('type')
         return [self._ha_config(g) for g in self._ha_guests()
                 if kind is None or self._ha_config(g)['type'] == kind]
+
+    async def _ha_rules(self, v, user):
+        kind = v.get('type')
+        return [dict(r, order=i + 1) for i, r in enumerate(self.scenario['ha_rules'])
+                if kind is None or r.get('type') == kind]
 
     async def _ha_resource(self, v, user):
         return self._ha_config(self._ha_lookup(v['sid']))

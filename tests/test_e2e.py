@@ -419,3 +419,23 @@ def test_daemon_survives_an_api_outage(cluster, run, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert "next try in 15 minutes" in proc.stderr.read()
+
+
+def test_ha_node_affinity_rules_are_respected(cluster, run):
+    def vm(vmid, node, gib, **kw):
+        return dict({"vmid": vmid, "name": "vm%d" % vmid, "node": node, "maxmem_gib": gib,
+                     "mem_gib": gib, "maxcpu": 2, "cpu": 0.1}, **kw)
+    scenario = {
+        "nodes": [{"name": n, "maxcpu": 16, "maxmem_gib": 64, "base_mem_gib": 1} for n in ("pve1", "pve2", "pve3")],
+        "guests": [vm(101, "pve1", 24, ha=True), vm(102, "pve1", 4), vm(103, "pve1", 4),
+                   vm(201, "pve2", 20)],
+        # With failback the HA manager keeps vm:101 on its top-priority nodes, pve1 and pve2:
+        # moved to pve3 it would be moved straight back (ping-pong).
+        "ha_rules": [{"rule": "db-here", "type": "node-affinity", "resources": "vm:101",
+                      "nodes": "pve1:2,pve2:2,pve3:1", "strict": 0}]}
+    c = cluster(scenario)
+    result = run(c, "--once", "--json")
+    assert result.returncode == 0, result.stderr
+    moves = {m["vmid"]: m["target"] for m in result.doc["migrations"]}
+    assert moves.get(101) in (None, "pve2"), "never to pve3, where HA would not keep it"
+    assert c.placement()[101] in ("pve1", "pve2")

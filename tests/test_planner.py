@@ -269,3 +269,18 @@ def test_drain_reports_what_does_not_fit():
     plan = prs.plan(nodes, guests, Policy(reserve=0.1, drain_nodes=frozenset(["n0"])))
     assert [m.vmid for m in plan.moves] == [101]
     assert [(s.vmid, s.reason[:20]) for s in plan.stuck] == [(100, "no node has room (n1")]
+
+
+def test_ha_rule_syntax():
+    assert prs._node_priorities("pve1:2, pve2:1,pve3") == {"pve1": 2, "pve2": 1, "pve3": 0}
+    assert prs._keep_on({"a": 2, "b": 2, "c": 1}, failback=True, strict=False) == {"a", "b"}
+    assert prs._keep_on({"a": 2, "c": 1}, failback=False, strict=True) == {"a", "c"}
+    assert prs._keep_on({"a": 2, "c": 1}, failback=False, strict=False) is None
+
+
+def test_forbidden_targets_are_avoided():
+    nodes, guests = simple([[30, 30], [], []])
+    guests[100] = dataclasses.replace(guests[100], forbidden=frozenset(["n1"]))
+    guests[101] = dataclasses.replace(guests[101], forbidden=frozenset(["n1", "n2"]))
+    plan = prs.plan(nodes, guests, Policy(reserve=0))
+    assert [(m.vmid, m.target) for m in plan.moves] == [(100, "n2")]
