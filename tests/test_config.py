@@ -28,7 +28,7 @@ def test_defaults(tmp_path):
     assert cfg.api_hosts == (prs.ApiHost("127.0.0.1", 1),)
     assert (cfg.method, cfg.mode, cfg.balanciness) == ("memory", "used", 10.0)
     assert (cfg.daemon, cfg.schedule, cfg.verify, cfg.timeout) == (True, 24.0, True, 60.0)
-    assert (cfg.parallel_migrations, cfg.max_migrations, cfg.node_reserve) == (1, 0, 10.0)
+    assert (cfg.parallel_migrations, cfg.max_migrations, cfg.node_reserve, cfg.cpu_samples) == (1, 0, 10.0, 3)
     assert cfg.allow_local_disks and not cfg.migrate_containers
     assert cfg.ignore_nodes == frozenset() and cfg.ignore_vms == frozenset()
 
@@ -70,6 +70,7 @@ def test_every_option(tmp_path):
         allow_local_disks = 0
         migrate_containers = yes
         node_reserve = 20
+        cpu_samples = 6
         [service]
         daemon = 0
         schedule = 0.5
@@ -83,6 +84,7 @@ def test_every_option(tmp_path):
     assert cfg.ignore_nodes == {"pve9", "pve8"} and cfg.ignore_vms == {"101", "web-1"}
     assert cfg.maintenance_nodes == {"pve3"}
     assert (cfg.max_migrations, cfg.parallel_migrations, cfg.node_reserve) == (12, 3, 20.0)
+    assert cfg.cpu_samples == 6
     assert not cfg.allow_local_disks and cfg.migrate_containers
     assert (cfg.daemon, cfg.schedule, cfg.retry_minutes, cfg.migration_timeout) == (False, 0.5, 5.0, 30.0)
     policy = cfg.policy(drain=["pve4"])

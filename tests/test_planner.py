@@ -284,3 +284,13 @@ def test_forbidden_targets_are_avoided():
     guests[101] = dataclasses.replace(guests[101], forbidden=frozenset(["n1", "n2"]))
     plan = prs.plan(nodes, guests, Policy(reserve=0))
     assert [(m.vmid, m.target) for m in plan.moves] == [(100, "n2")]
+
+
+def test_cpu_is_averaged_over_samples():
+    first = [{"id": "node/a", "type": "node", "cpu": 0.9}, {"id": "qemu/101", "type": "qemu", "cpu": 1.0},
+             {"id": "storage/a/local", "type": "storage"}]
+    second = [{"id": "node/a", "type": "node", "cpu": 0.1}, {"id": "qemu/101", "type": "qemu", "cpu": 0.0},
+              {"id": "storage/a/local", "type": "storage"}, {"id": "qemu/102", "type": "qemu", "cpu": 0.3}]
+    out = {i["id"]: i for i in prs.average_cpu([first, second])}
+    assert out["node/a"]["cpu"] == pytest.approx(0.5) and out["qemu/101"]["cpu"] == pytest.approx(0.5)
+    assert out["qemu/102"]["cpu"] == pytest.approx(0.3) and "cpu" not in out["storage/a/local"]
