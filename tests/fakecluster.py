@@ -1534,6 +1534,15 @@ class ClusterPve(FakePve):
         return [self._ha_config(g) for g in self._ha_guests()
                 if kind is None or self._ha_config(g)['type'] == kind]
 
+    async def _content_list(self, v, user):
+        """fakepve lists a storage's volumes from every guest's config whatever the node;
+        on PVE a local storage on node X holds only the volumes of X's guests."""
+        items = await super()._content_list(v, user)
+        if self.is_shared(v['storage']):
+            return items
+        here = {g.vmid for g in self.all_guests() if g.node == v['node']}
+        return [i for i in items if i.get('vmid') is None or int(i['vmid']) in here]
+
     async def _ha_rules(self, v, user):
         kind = v.get('type')
         return [dict(r, order=i + 1) for i, r in enumerate(self.scenario['ha_rules'])
