@@ -458,3 +458,38 @@ def test_a_run_that_ends_off_its_projection_plans_again(cluster, run):
     assert final <= 10 and result.doc["measured"]["spread"] == pytest.approx(final, abs=0.1)
     again = run(c, "--dry-run", "--json")
     assert again.doc["migrations"] == []
+
+
+def in_flight(stderr):
+    """Most migrations PRS had running at once, from its own start/finish lines."""
+    running = peak = 0
+    for line in stderr.splitlines():
+        if "migrating " in line:
+            running += 1
+            peak = max(peak, running)
+        elif " done: " in line or " failed: " in line:
+            running -= 1
+    return peak
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_parallel_migrations_limit(cluster, run, parallel):
+    c = cluster(generate_scenario(9, nodes=6, guests=60, ha=0, local_disk=0), time_scale=0.01)
+    result = run(c, "--once", "--json", extra="parallel_migrations = %d\n" % parallel)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.doc["migrations"]) >= 3
+    assert in_flight(result.stderr) == parallel
+    assert all(m["status"] == "done" for m in result.doc["migrations"])
+
+
+def test_bad_ca_file_is_one_line(cluster, run, tmp_path):
+    c = cluster("small.json")
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate\n")
+    conf = run.conf(c)
+    text = open(conf).read().replace("ca_file = %s" % c.cafile, "ca_file = %s" % bogus)
+    open(conf, "w").write(text)
+    result = subprocess.run([sys.executable, EXECUTABLE, "-c", conf, "--once"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == prs.EXIT_API
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
