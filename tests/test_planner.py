@@ -1,6 +1,7 @@
 """The planning core, by property over random clusters (hypothesis) and by example."""
 
 import dataclasses
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -85,7 +86,8 @@ def balanced_names(nodes, policy):
             prs.node_capacity(nodes[n], policy) > 0]
 
 
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=int(os.environ.get("PRS_EXAMPLES", "150")), deadline=None, derandomize=not os.environ.get("PRS_EXAMPLES"),
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPS
@@ -190,7 +192,8 @@ def test_drain_empties_the_node_or_says_why(data, draw):
     assert leaving | reported == on_victim and not leaving & reported
     assert all(m.target != victim for m in plan.moves), "nothing moves onto a drained node"
     assert all(s.reason for s in plan.stuck)
-    assert [m.drain for m in plan.moves] == sorted((m.drain for m in plan.moves), reverse=True)
+    assert all(m.source == victim for m in plan.moves if m.drain)
+    assert all(m.source != victim for m in plan.moves if not m.drain)
 
 
 def simple(loads, size=None, maxmem=100 * GIB):
