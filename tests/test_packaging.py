@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,10 @@ def test_executable_has_debian_python_shebang() -> None:
 @pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda p: p.name)
 def test_unit_service_settings(unit: Path) -> None:
     assert one(unit, "Service", "Type") == "notify"  # bookworm's systemd 252 has no notify-reload
-    assert "HUP" in one(unit, "Service", "ExecReload")
+    # The signal goes last, from the sandboxed dynamic user (no "+"), once the copy is fresh.
+    assert values(unit, "Service", "ExecReload")[-1] == "/bin/kill -HUP $MAINPID"
+    # The reload check's refusal is logged by sh: tag it like the daemon's own lines.
+    assert one(unit, "Service", "SyslogIdentifier") == NAME
     assert one(unit, "Service", "Restart") == "on-failure"
     assert str(EXIT_CONFIG) in one(unit, "Service", "RestartPreventExitStatus").split()
     assert f"man:{NAME}(8)" in one(unit, "Unit", "Documentation").split()
@@ -111,17 +115,87 @@ def test_unit_hardening(unit: Path) -> None:
     assert not values(unit, "Service", "User"), "User= would override DynamicUser's identity"
 
 
+RUN_COPY = "/run/%N/prs.conf"  # the dynamic user's copy of the configuration
+
+
 @pytest.mark.parametrize(("unit", "conf"), [(UNIT, "prs.conf"), (TEMPLATE, "%i.conf")],
                          ids=["service", "template"])
-def test_unit_passes_config_as_credential(unit: Path, conf: str) -> None:
-    assert one(unit, "Service", "LoadCredential") == f"prs.conf:{CONF_DIR}/{conf}"
-    assert one(unit, "Service", "ExecStart") == f"/usr/bin/{NAME} -c ${{CREDENTIALS_DIRECTORY}}/prs.conf"
+def test_unit_hands_root_only_config_to_a_private_copy(unit: Path, conf: str) -> None:
+    """systemd 252 loads credentials only at start, so LoadCredential= would hide edits from a
+    reload: root ("+") copies the file into the runtime directory at start and at reload."""
+    assert not values(unit, "Service", "LoadCredential")
+    assert one(unit, "Service", "Environment") == f"PRS_CONFIG={CONF_DIR}/{conf}"
+    assert one(unit, "Service", "RuntimeDirectory") == "%N"
+    assert one(unit, "Service", "RuntimeDirectoryMode") == "0700"
+    assert one(unit, "Service", "ExecStart") == f"/usr/bin/{NAME} -c {RUN_COPY}"
+    copy = one(unit, "Service", "ExecStartPre")
+    assert copy.startswith("-+/bin/sh -c "), "as root, and a failed copy must not fail the start " \
+        "(the service then exits 2, which is not restarted; a failed ExecStartPre= would be)"
+    # The copy is written by the dynamic user (setpriv), never by root into its directory.
+    assert "setpriv --reuid=$$(stat -c %%u /run/%N)" in copy and f"of={RUN_COPY}" in copy
+    check, reload_copy, _ = values(unit, "Service", "ExecReload")
+    assert check.startswith("+/bin/sh -c ") and f"/usr/bin/{NAME} --check-config -c \"$$PRS_CONFIG\"" in check
+    assert reload_copy == "+" + copy[2:]
+
+
+def unit_shell(command: str, run_dir: Path) -> str:
+    """The script of a unit's `/bin/sh -c '...'` command, unescaped as systemd does and
+    pointed at run_dir and the tree's executable."""
+    prefix, sep, script = command.partition("/bin/sh -c ")
+    assert sep and set(prefix) <= set("-+") and script[0] == script[-1] == "'", command
+    script = script[1:-1].replace("/run/%N", str(run_dir)).replace("%%", "%").replace("$$", "$")
+    assert "%" not in script.replace("%u", "").replace("%g", ""), f"unexpected specifier: {script}"
+    return script.replace(f"/usr/bin/{NAME}", f"{sys.executable} {EXE}")
+
+
+def run_unit_shell(command: str, run_dir: Path, conf: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY")}
+    env.update(PRS_CONFIG=str(conf), JOURNAL_STREAM="0:0")   # as under systemd: priority prefixes
+    return subprocess.run(["/bin/sh", "-c", unit_shell(command, run_dir)], capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+
+
+def write_conf(path: Path, balanciness: str) -> Path:
+    path.write_text("[proxmox]\napi_host = pve1\napi_user = root@pam\napi_pass = secret\n"
+                    f"[balancing]\nbalanciness = {balanciness}\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def test_reload_check_refuses_a_bad_config_with_one_error_line(tmp_path: Path) -> None:
+    check = values(UNIT, "Service", "ExecReload")[0]
+    good = run_unit_shell(check, tmp_path, write_conf(tmp_path / "good.conf", "10"))
+    assert good.returncode == 0 and not good.stdout and not good.stderr, good
+    bad_conf = write_conf(tmp_path / "bad.conf", "lots")
+    bad = run_unit_shell(check, tmp_path, bad_conf)
+    assert bad.returncode == EXIT_CONFIG and not bad.stdout, bad
+    lines = bad.stderr.splitlines()
+    assert len(lines) == 1, bad.stderr
+    assert lines[0].startswith(f"<3>reload refused, keeping the previous configuration: {bad_conf}: "
+                               "[balancing] balanciness: "), lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="the copy runs as root (setpriv --clear-groups)")
+def test_copy_command_writes_a_0600_copy_owned_like_the_runtime_directory(tmp_path: Path) -> None:
+    conf = write_conf(tmp_path / "prs.conf", "7")   # 0600 root, in a directory only root enters
+    with tempfile.TemporaryDirectory() as top:   # like /run: the writer must reach run_dir
+        os.chmod(top, 0o711)
+        run_dir = Path(top) / "run"
+        run_dir.mkdir(mode=0o700)
+        os.chown(run_dir, 65534, 65534)   # stands in for the dynamic user
+        result = run_unit_shell(one(UNIT, "Service", "ExecStartPre"), run_dir, conf)
+        assert result.returncode == 0, result.stderr
+        copy = run_dir / "prs.conf"
+        st = copy.stat()
+        assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 65534, 65534)
+        assert copy.read_bytes() == conf.read_bytes()
 
 
 def test_template_differs_only_in_config_and_wording() -> None:
     """The template must not drift from the main unit: same settings but the config path."""
     def settings(path: Path) -> list[tuple[str, str, str]]:
-        return [e for e in unit_entries(path) if e[1] not in ("Description", "LoadCredential")]
+        return [e for e in unit_entries(path) if e[1] not in ("Description", "Environment")]
     assert settings(UNIT) == settings(TEMPLATE)
 
 
