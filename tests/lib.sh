@@ -18,15 +18,17 @@ pip_quiet() {   # pip, without the per-package notes of this machine's local mir
 }
 
 venv_for() {    # venv_for NAME REQUIREMENT... -> path of a ready virtual environment
-    local name=$1 dir="$VENVS/$1" stamp
+    # with tests/requirements.txt too, unless PRS_BARE_VENV=1 (e.g. ProxLB's own venv)
+    local name=$1 dir="$VENVS/$1" stamp reqs=(-r tests/requirements.txt)
     shift
-    stamp="$(cat tests/requirements.txt; echo "$@")"
+    [ -n "${PRS_BARE_VENV:-}" ] && reqs=()
+    stamp="$([ -n "${PRS_BARE_VENV:-}" ] || cat tests/requirements.txt; echo "$@")"
     if [ ! -x "$dir/bin/python" ] || [ "$(cat "$dir/.prs-stamp" 2>/dev/null)" != "$stamp" ]; then
         need_python_venv
         echo "preparing $dir ($*)" >&2
         rm -rf "$dir"
         python3 -m venv "$dir"
-        pip_quiet "$dir/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt "$@" >&2
+        pip_quiet "$dir/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}" "$@" >&2
         printf '%s' "$stamp" > "$dir/.prs-stamp"
     fi
     echo "$dir"
