@@ -297,3 +297,20 @@ def test_cpu_is_averaged_over_samples():
     out = {i["id"]: i for i in prs.average_cpu([first, second])}
     assert out["node/a"]["cpu"] == pytest.approx(0.5) and out["qemu/101"]["cpu"] == pytest.approx(0.5)
     assert out["qemu/102"]["cpu"] == pytest.approx(0.3) and "cpu" not in out["storage/a/local"]
+
+
+def test_a_finished_plan_is_polished_to_fewer_migrations():
+    # Greedy first sends the 14 GiB guest to the emptiest node and needs a third move;
+    # sending the 15 GiB one there instead reaches the goal with two.
+    nodes, guests = simple([[14, 15, 5, 5, 5, 3, 3, 3, 2], [2], [6]], maxmem=128 * GIB)
+    plan = prs.plan(nodes, guests, Policy(reserve=0))
+    assert plan.spread_after <= 10
+    best = prs.plan(nodes, guests, Policy(reserve=0))
+    assert len(best.moves) == len(plan.moves)
+    # no single migration can be left out of the plan and still reach the goal
+    start = prs._Load(nodes, guests, Policy(reserve=0))
+    names = sorted(nodes)
+    for i in range(len(plan.moves)):
+        rest = list(plan.moves[:i] + plan.moves[i + 1:])
+        spread = prs.spread_if_valid(start, guests, rest, names)
+        assert spread is None or spread > 10
