@@ -512,3 +512,27 @@ def test_an_api_without_the_migration_precheck_still_balances(cluster, run):
     assert result.returncode == 0, result.stderr
     assert result.doc["migrations"] and all(m["status"] == "done" for m in result.doc["migrations"])
     assert spread(usage(c).values()) <= 10
+
+
+def test_sigterm_during_a_run_starts_no_new_migration(cluster, run):
+    c = cluster("demo.json", time_scale=0.2)     # the first migration (62 GiB) takes seconds
+    conf = run.conf(c)
+    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf, "--once", "--json"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not c.tasks("qmigrate") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.tasks("qmigrate"), "the first migration started"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == prs.EXIT_INTERRUPTED, err
+    assert err.count("migrating ") == 1 and "Proxmox finishes it" in err
+    doc = json.loads(out)
+    assert [m["status"] for m in doc["migrations"]] == ["skipped"] * len(doc["migrations"])
+    assert len(c.tasks("qmigrate")) == 1, "no new migration after SIGTERM"
