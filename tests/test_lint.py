@@ -37,3 +37,15 @@ def test_shebang_and_mode():
     with open(EXECUTABLE) as handle:
         assert handle.readline() == "#!/usr/bin/python3\n"
     assert shutil.which(EXECUTABLE) is not None, "the file is executable"
+
+
+def test_chapters_in_reading_order():
+    """The file reads in named chapters (STYLE.md); a lost banner is a lost signpost."""
+    with open(EXECUTABLE) as handle:
+        lines = handle.read().splitlines()
+    banners = [lines[i + 1][2:] for i in range(len(lines) - 1)
+               if set(lines[i]) == {"#"} and len(lines[i]) > 40 and lines[i + 1].startswith("# ")]
+    names = [b.split(":")[0] for b in banners]
+    assert names == ["Imports", "Constants and exit codes", "Errors", "Data model", "Configuration",
+                     "Planning core", "Proxmox adapter", "Executor", "Reports", "Service",
+                     "Command line"], names
