@@ -1447,14 +1447,18 @@ class ClusterPve(FakePve):
             data['dependent-ha-resources'] = []
         return data
 
-    async def _qm_migrate(self, v, user):
-        # The order of PVE::API2::Qemu::migrate_vm's synchronous checks.
-        node, target = v['node'], v['target']
+    def _check_target(self, node, target):
+        """The first synchronous checks of qemu and lxc migrate alike: target, quorum, node."""
         if target == node:
             raise PveError(400, 'Parameter verification failed.', {'target': 'target is local node.'})
         self.need_quorum()
         if target not in self.nodes:
             raise PveError(500, "no such cluster node '{0}'".format(target))
+
+    async def _qm_migrate(self, v, user):
+        # The order of PVE::API2::Qemu::migrate_vm's synchronous checks.
+        node, target = v['node'], v['target']
+        self._check_target(node, target)
         for opt in ('force', 'migration_type', 'migration_network'):
             if v.get(opt) is not None and user != 'root@pam':
                 raise PveError(400, 'Parameter verification failed.', {opt: 'Only root may use this option.'})
@@ -1497,11 +1501,7 @@ class ClusterPve(FakePve):
 
     async def _lxc_migrate(self, user, v):
         node, target = v['node'], v['target']
-        if target == node:
-            raise PveError(400, 'Parameter verification failed.', {'target': 'target is local node.'})
-        self.need_quorum()
-        if target not in self.nodes:
-            raise PveError(500, "no such cluster node '{0}'".format(target))
+        self._check_target(node, target)
         ct = self._find_ct(node, v['vmid'])
         self._ct_check_lock(ct)
         if self.guest_running(ct) and not _flag(v.get('online', 0)) and not _flag(v.get('restart', 0)):
