@@ -66,9 +66,12 @@ GiB = 1024 ** 3
 MiB = 1024 ** 2
 SCENARIO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scenarios')
 
-PVE_VERSION = '9.2.3'
-PVE_RELEASE = '9.2'
 PVE_REPOID = 'c4fd3b2a'
+# The Proxmox VE releases the fake can answer as (scenario key "pve", default 9.2), with the
+# pve-manager version /version reports. Where an answer differs between releases the code
+# asks ClusterPve.since(release) and names the source of the difference.
+RELEASES = {'8.0': '8.0.4', '8.4': '8.4.1', '9.0': '9.0.10', '9.2': '9.2.3'}
+DEFAULT_RELEASE = '9.2'
 
 # Migration timing in PVE seconds (multiplied by time_scale for wall time). Rough figures of
 # a 10 GbE migration network: RAM copied at ~1 GiB/s, local disks mirrored at ~0.5 GiB/s.
@@ -141,7 +144,12 @@ def load_scenario(source):
         raw = copy.deepcopy(source)
     if not isinstance(raw, dict) or not raw.get('nodes'):
         raise ScenarioError('a scenario needs a non-empty "nodes" list')
-    out = {'cluster_name': raw.get('cluster_name', 'prs-test'),
+    if str(raw.get('pve', DEFAULT_RELEASE)) not in RELEASES:
+        raise ScenarioError('pve must be one of {0}'.format(', '.join(RELEASES)))
+    out = {'cluster_name': raw.get('cluster_name', 'prs-test'), 'pve': str(raw.get('pve', DEFAULT_RELEASE)),
+           # Seconds between two pvestatd broadcasts of a node's metrics (PVE: 10); 0 = every
+           # read sees the current state (fast tests). See ClusterPve.metrics.
+           'metrics_period': float(raw.get('metrics_period', 0)),
            # HA rules as GET /cluster/ha/rules lists them (PVE 9): served as given.
            'ha_rules': [dict(r) for r in raw.get('ha_rules', [])],
            'crs': dict({'ha': 'basic', 'ha-rebalance-on-start': 0, 'ha-auto-rebalance': 0}, **raw.get('crs', {}))}
@@ -248,8 +256,18 @@ def load_scenario(source):
         g.setdefault('iso', None)
         g.setdefault('tags', '')
         g.setdefault('pool', None)
-        if g['type'] == 'lxc' and (g['hostpci'] or g['iso']):
-            raise ScenarioError('guest {0}: hostpci/iso are qemu-only'.format(g['vmid']))
+        g.setdefault('cloudinit', None)     # storage of a cloud-init drive (qemu)
+        g.setdefault('snapshots', [])       # names of snapshots taken of the current disks (qemu)
+        g.setdefault('replication', [])     # target nodes of storage replication jobs
+        if g['type'] == 'lxc' and (g['hostpci'] or g['iso'] or g['cloudinit'] or g['snapshots']):
+            raise ScenarioError('guest {0}: hostpci/iso/cloudinit/snapshots are qemu-only'.format(g['vmid']))
+        for target in g['replication']:
+            if target not in names or target == g['node']:
+                raise ScenarioError('guest {0}: replication target {1!r} is not another node'.format(
+                    g['vmid'], target))
+        if g['cloudinit'] and not storage_on(g['cloudinit'], g['node']):
+            raise ScenarioError('guest {0}: storage {1} does not exist on {2}'.format(
+                g['vmid'], g['cloudinit'], g['node']))
         disks = g.get('disks')
         if disks is None:
             store = default_disk_storage or next((s['storage'] for s in
@@ -264,6 +282,7 @@ def load_scenario(source):
             d.setdefault('key', ('scsi{0}'.format(i) if g['type'] == 'qemu' else ('rootfs' if i == 0 else
                                                                                 'mp{0}'.format(i - 1))))
             d.setdefault('size_gib', 32)
+            d.setdefault('used_gib', d['size_gib'])    # allocated; less on a thin pool
             if 'storage' not in d:
                 raise ScenarioError('guest {0}: disk {1} needs a storage'.format(g['vmid'], d['key']))
             if not storage_on(d['storage'], g['node']):
@@ -450,7 +469,11 @@ class ClusterPve(FakePve):
     def __init__(self, scenario, user='root@pam', password='secret', host='127.0.0.1', port=0):
         super().__init__(user=user, password=password, host=host, port=port)
         self.scenario = load_scenario(scenario)
-        self.version, self.release_version = PVE_VERSION, PVE_RELEASE
+        self.release_version = self.scenario['pve']
+        self.version = RELEASES[self.release_version]
+        self.metrics_period = self.scenario['metrics_period']
+        self.samples = {}             # pvestatd's last broadcast: node -> sample (see metrics)
+        self.replication = []         # storage replication jobs: dicts guest, jobnum, target, ...
         self.cluster_name = self.scenario['cluster_name']
         self.crs = dict(self.scenario['crs'])
         # fakepve keeps 10,000 requests; benchmarks count more than that.
@@ -506,6 +529,13 @@ class ClusterPve(FakePve):
             self.storage_size[(None, st['storage'])] = _gib(st['size_gib'])
         for g in sc['guests']:
             self._add_guest(g)
+            for target in g['replication']:
+                self.replication.append({'guest': g['vmid'], 'jobnum': len([
+                    j for j in self.replication if j['guest'] == g['vmid']]), 'target': target})
+
+    def since(self, release):
+        """True if the fake answers as this Proxmox VE release or a newer one."""
+        return tuple(map(int, self.release_version.split('.'))) >= tuple(map(int, release.split('.')))
 
     def _add_guest(self, g):
         vmid = g['vmid']
@@ -525,6 +555,9 @@ class ClusterPve(FakePve):
                 boot.append('ide2')
             if g['hostpci']:
                 config['hostpci0'] = '0000:81:00.0,pcie=1'
+            if g['cloudinit']:
+                # How qemu-server names a cloud-init drive (src/PVE/QemuServer/Cloudinit.pm).
+                config['ide0'] = '{0}:vm-{1}-cloudinit,media=cdrom'.format(g['cloudinit'], vmid)
             config['boot'] = 'order=' + ';'.join(boot + ['net0'])
             if g['tags']:
                 config['tags'] = g['tags']
@@ -532,6 +565,12 @@ class ClusterPve(FakePve):
                                 template=bool(g['template']), lock=g['lock'], pool=g['pool'])
             if g['template']:
                 guest.config['template'] = 1
+            for n, name in enumerate(g['snapshots']):
+                # A snapshot keeps the drives as they were: the same volumes (qemu-server
+                # src/PVE/QemuConfig.pm `__snapshot_save_vmstate` is not modelled: no vmstate).
+                snap = {k: v for k, v in config.items() if QEMU_DRIVE.match(k) or k == 'memory'}
+                guest.snapshots[name] = dict(snap, snaptime=int(time.time()) - 86400 * (n + 1),
+                                             description='', parent=g['snapshots'][n - 1] if n else None)
             if g['lock']:
                 guest.config['lock'] = g['lock']
         else:
@@ -545,6 +584,8 @@ class ClusterPve(FakePve):
                                 template=bool(g['template']), lock=g['lock'], pool=g['pool'])
         guest.usage = {'cpu': float(g['cpu']), 'mem': _gib(g['mem_gib']), 'memhost': _gib(g['memhost_gib']),
                        'disk': _gib(g.get('disk_used_gib', 0))}
+        # Bytes a thin pool really holds for each volume (by config key); a full copy elsewhere.
+        guest.allocated = {d['key']: _gib(d['used_gib']) for d in g['disks']}
         if guest.status == 'running':
             # Guests have been up for a while (hours, by vmid) rather than since the fake started.
             guest.started_at = time.time() - 3600 * (1 + vmid % 240)
@@ -625,8 +666,13 @@ class ClusterPve(FakePve):
             if ':' not in volid:  # none, cdrom (host drive), bind mounts
                 continue
             storage = volid.split(':', 1)[0]
-            out.append({'key': key, 'volid': volid, 'storage': storage, 'size': _size_bytes(props.get('size', '0')),
+            size = _size_bytes(props.get('size', '0'))
+            out.append({'key': key, 'volid': volid, 'storage': storage, 'size': size,
+                        'used': min(size, getattr(g, 'allocated', {}).get(key, size)),
                         'size_given': 'size' in props, 'cdrom': props.get('media') == 'cdrom',
+                        # qemu-server QemuMigrate `scan_local_volumes` tells a cloud-init drive
+                        # by its volume name
+                        'cloudinit': bool(re.search(r'vm-\d+-cloudinit', volid)),
                         'shared': self.is_shared(storage)})
         return out
 
@@ -682,9 +728,12 @@ class ClusterPve(FakePve):
             for v in vols[g.vmid]:
                 if v['cdrom']:
                     continue
-                used[(None, v['storage']) if v['shared'] else (g.node, v['storage'])] += v['size']
+                # A thin pool (lvmthin, zfspool) holds only what was written (`used`); the
+                # content listing still reports the virtual size (pve-storage LvmThinPlugin,
+                # ZFSPoolPlugin `list_images`).
+                used[(None, v['storage']) if v['shared'] else (g.node, v['storage'])] += v['used']
                 if not v['shared']:
-                    a['local'] += v['size']
+                    a['local'] += v['used']
         return {'guests': guests, 'vols': vols, 'nodes': acc, 'used': used, 'ha_in_use': self.ha_in_use()}
 
     def node_usage(self, node, snap=None):
@@ -761,7 +810,16 @@ class ClusterPve(FakePve):
         return bool(self._timers) or bool(self._background) or any(
             t.get('status') == 'running' for t in self.tasks.values())
 
+    async def start(self, certfile, keyfile):
+        await super().start(certfile, keyfile)
+        if self.metrics_period:
+            self._broadcasts = asyncio.ensure_future(self._pvestatd())
+
     async def stop(self):
+        sampler = getattr(self, '_broadcasts', None)
+        if sampler is not None:
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
         for handle in list(self._timers):
             handle.cancel()
         self._timers.clear()
@@ -770,6 +828,60 @@ class ClusterPve(FakePve):
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await super().stop()
+
+    # ------------------------------------------------------------------ metrics (pvestatd)
+    #
+    # On a real node pvestatd collects node and guest metrics every 10 s and broadcasts them
+    # (pve-manager PVE/Service/pvestatd.pm `update_node_status`, `update_qemu_status`,
+    # `update_lxc_status`); /cluster/resources serves the last broadcast (pve-manager
+    # PVE/API2/Cluster.pm `resources`, PVE/API2Tools.pm `extract_node_stats`), while a guest's
+    # `node` comes from pmxcfs and changes the moment its config moves. So right after a
+    # migration the guest shows on its new node with the figures its old node sent, and both
+    # nodes show their usage from before. The first field of every broadcast is the uptime,
+    # which is how a client can tell a new broadcast from the last one. With metrics_period 0
+    # every read sees the current state.
+
+    def _live_node(self, name, snap):
+        n, use = self.nodes[name], self.node_usage(name, snap)
+        return {'cpu': round(min(1.0, use['cpu_cores'] / n['maxcpu']), 4), 'mem': min(use['mem'], n['maxmem']),
+                'uptime': int(time.time() - self.started_at) + 864000}
+
+    def _live_guest(self, g):
+        running = self.node_online(g.node) and self.guest_running(g)
+        qemu = self.kind(g) == 'qemu'
+        return {'cpu': round(g.usage['cpu'], 4) if running else 0, 'mem': g.usage['mem'] if running else 0,
+                'memhost': g.usage['memhost'] if running and qemu else 0,
+                'disk': 0 if qemu else (g.usage['disk'] if running else 0),
+                'uptime': int(time.time() - (g.started_at or time.time())) if running else 0}
+
+    def node_metrics(self, name, snap):
+        return self.samples.get(('node', name)) if self.metrics_period and ('node', name) in self.samples \
+            else self._live_node(name, snap)
+
+    def guest_metrics(self, g):
+        return self.samples.get(('guest', g.vmid)) if self.metrics_period and ('guest', g.vmid) in self.samples \
+            else self._live_guest(g)
+
+    def broadcast(self, node):
+        """One pvestatd cycle of a node: its own figures and those of the guests it runs."""
+        if not self.node_online(node):
+            return
+        self.samples[('node', node)] = self._live_node(node, self.usage_snapshot())
+        for g in self.all_guests():
+            if g.node == node:
+                self.samples[('guest', g.vmid)] = self._live_guest(g)
+
+    async def _pvestatd(self):
+        """Every node broadcasts once per metrics_period, the nodes spread over the period."""
+        names = sorted(self.nodes)
+        for name in names:
+            self.broadcast(name)
+        tick = self.metrics_period / len(names)
+        k = 0
+        while True:
+            await asyncio.sleep(tick)
+            self.broadcast(names[k % len(names)])
+            k += 1
 
     # ------------------------------------------------------------------ tasks
 
@@ -853,11 +965,18 @@ class ClusterPve(FakePve):
         return {v['storage']: mapping.get(v['storage'], default or v['storage']) for v in volumes if not v['shared']}
 
     def _move_guest(self, g, target, storage_map):
-        """The guest now lives on target; its local volumes are on the same-named (or mapped) storage."""
+        """The guest now lives on target; its local volumes are on the same-named (or mapped) storage.
+        Its replication job to the target now points back at the source (pve-guest-common
+        src/PVE/ReplicationConfig.pm `switch_replication_job_target_nolock`)."""
         for v in self.local_volumes(g):
             dst = storage_map.get(v['storage'])
             if dst and dst != v['storage']:
                 g.config[v['key']] = g.config[v['key']].replace(v['storage'] + ':', dst + ':', 1)
+        for job in self.replication:
+            if job['guest'] == g.vmid:
+                if job['target'] == target:
+                    job['target'] = g.node
+                job['source'] = target
         g.node = target
 
     def _take_task_failure(self, g):
@@ -917,7 +1036,8 @@ class ClusterPve(FakePve):
                         write('shutdown CT {0}'.format(g.vmid))
                         g.status = 'stopped'
                     for v in self.local_volumes(g):
-                        write("found local volume '{0}' (in current VM config)".format(v['volid']))
+                        if not v['cdrom']:
+                            write("found local disk '{0}' (attached)".format(v['volid']))
                     if qemu and running:
                         write('starting VM {0} on remote node \'{1}\''.format(g.vmid, target))
                         if self.local_volumes(g):
@@ -958,26 +1078,41 @@ class ClusterPve(FakePve):
                                    'root@pam' if kind == 'ha' else user, body, guest=g)
 
     def _qemu_prepare(self, g, running, force, local_disks_ok, smap, target, write):
-        """QemuMigrate::prepare and the volume scan: the checks PVE makes inside the task."""
+        """The checks qemu-server's src/PVE/QemuMigrate.pm `prepare` and `scan_local_volumes`
+        make inside the task. A volume's problem is logged as a warning line (no ERROR:
+        prefix, pve-guest-common AbstractMigrate `log`), and the scan then dies with
+        "Problem found while scanning volumes - can't migrate VM - check log"."""
         devices = self.local_resources(g)
         if devices:
             if running or not force:
                 raise MigrationAborted("can't migrate VM which uses local devices: {0}".format(', '.join(devices)))
             write('migrating VM which uses local devices')
-        problems = False
+        errors = {}
+        replicated = any(j['guest'] == g.vmid and j['target'] == target for j in self.replication)
         for v in self.local_volumes(g):
             dst = smap.get(v['storage'], v['storage'])
-            if v['cdrom']:
-                write("ERROR: can't migrate local disk '{0}': local cdrom image".format(v['volid']))
-                problems = True
-            elif not self.storage_on(dst, target):
+            if not self.storage_on(dst, target):      # target_storage_check_available
                 raise MigrationAborted("storage '{0}' is not available on node '{1}'".format(dst, target))
-            elif running and not local_disks_ok:
-                write("ERROR: can't migrate local disk '{0}': can't live migrate attached local disks without "
-                      'with-local-disks option'.format(v['volid']))
-                problems = True
-        if problems:
-            write("ERROR: Problem found while scanning volumes - can't migrate VM - check log")
+            if v['cdrom']:
+                if not v['cloudinit']:                # a cloud-init drive is 'generated' on the target
+                    errors[v['volid']] = 'local cdrom image'
+                continue
+            if any(v['volid'] == str(snap.get(v['key'], '')).split(',')[0] for snap in g.snapshots.values()):
+                if running and not replicated:
+                    errors[v['volid']] = 'online storage migration not possible if non-replicated snapshot exists'
+                    continue
+                if self.storages[v['storage']]['type'] not in ('zfspool', 'btrfs') \
+                        and not v['volid'].endswith('.qcow2'):
+                    errors[v['volid']] = 'non-migratable snapshot exists'
+                    continue
+            if running and not local_disks_ok:
+                errors[v['volid']] = "can't live migrate attached local disks without with-local-disks option"
+        for v in self.local_volumes(g):
+            if v['cloudinit']:
+                write("found generated disk '{0}' (in current VM config)".format(v['volid']))
+        for volid in sorted(errors):
+            write("can't migrate local disk '{0}': {1}".format(volid, errors[volid]))
+        if errors:
             raise MigrationAborted("Problem found while scanning volumes - can't migrate VM - check log")
 
     # ------------------------------------------------------------------ HA stack
@@ -985,10 +1120,24 @@ class ClusterPve(FakePve):
     def ha_sid(self, g):
         return '{0}:{1}'.format('vm' if self.kind(g) == 'qemu' else 'ct', g.vmid)
 
-    def queue_ha_move(self, g, target, reason='migrate', maintenance_node=None):
-        """Queue a CRM command; the CRM acts on it after ha_delay_real seconds, like its next round."""
+    def queue_ha_move(self, g, target, reason='migrate', maintenance_node=None, partners=True):
+        """Queue a CRM command; the CRM acts on it after ha_delay_real seconds, like its next round.
+        Since PVE 9 the CRM refuses a target that a negative resource-affinity partner occupies
+        or (9.2) that the node-affinity rule does not allow, and moves positive partners along
+        (pve-ha-manager src/PVE/HA/Manager.pm `update_crm_commands`, `queue_resource_motion`)."""
         sid = self.ha_sid(g)
         self.crm_log.append('{0}: got crm command: {1} {2} {3}'.format(_stamp(), reason, sid, target))
+        blockers = [b for b in self._ha_blockers(g, target)] if target in self.nodes else []
+        if blockers:
+            self.crm_log.append("{0}: crm command '{1} {2} {3}' - {4} '{5}' blocks it".format(
+                _stamp(), reason, sid, target, blockers[0]['cause'], blockers[0]['sid']))
+            return
+        if partners:
+            for other in self._ha_partners(g, 'positive'):
+                partner = self._ha_guest(other)
+                if partner.node == g.node:
+                    self.crm_log.append('{0}: also migrate resource {1} to node {2}'.format(_stamp(), other, target))
+                    self.queue_ha_move(partner, target, reason, maintenance_node, partners=False)
 
         async def crm_round():
             if not self.quorate:
@@ -1129,8 +1278,28 @@ class ClusterPve(FakePve):
             return await handler(request)
         return await super()._middleware(request, handler)
 
+    # Methods a release does not have: pve-http-server answers 501 "Method '<M> <path>' not
+    # implemented" (src/PVE/APIServer/AnyEvent.pm). HA rules came with pve-ha-manager 5.0 and
+    # the container migrate precondition with pve-container 6.0.8, both PVE 9.0.
+    NEW_IN = (('GET', re.compile(r'^/cluster/ha/rules(?:/|$)'), '9.0'),
+              ('GET', re.compile(r'^/nodes/[^/]+/lxc/\d+/migrate$'), '9.0'))
+    # Parameters a release does not know: pve-common src/PVE/JSONSchema.pm `validate` refuses
+    # them with 400 (additionalProperties 0). with-conntrack-state came with qemu-server 9.0.
+    NEW_PARAMS = (('POST', re.compile(r'^/nodes/[^/]+/qemu/\d+/migrate$'), 'with-conntrack-state', '9.0'),)
+
     async def _answer(self, request, handler, generic, path_node):
         path = self.api_path(request.path)
+        for method, pattern, release in self.NEW_IN:
+            if request.method == method and pattern.match(path) and not self.since(release):
+                return pve_error_response(501, "Method '{0} {1}' not implemented".format(method, path))
+        if request.method == 'POST':
+            from fakepve.server import params as read_params
+            sent = await read_params(request)
+            for method, pattern, name, release in self.NEW_PARAMS:
+                if pattern.match(path) and name in sent and not self.since(release):
+                    return pve_error_response(400, 'Parameter verification failed.', {
+                        name: 'property is not defined in schema and the schema does not allow additional '
+                              'properties'})
         for rule in list(self.path_failures):
             if rule['method'] in (request.method, '*') and re.search(rule['regex'], path):
                 if rule['times'] is not None:
@@ -1169,7 +1338,21 @@ class ClusterPve(FakePve):
                 ('GET', '/nodes/{node}/rrddata', self._node_rrddata),
                 ('GET', qm + '/rrddata', self._qm_rrddata),
                 ('GET', '/nodes/{node}/lxc/{vmid}/rrddata', self._lxc_rrddata),
-                ('GET', '/nodes/{node}/version', self._node_version)]
+                ('GET', '/nodes/{node}/version', self._node_version),
+                ('GET', '/cluster/replication', self._replication_jobs)]
+
+    async def _replication_jobs(self, v, user):
+        """GET /cluster/replication: replication.cfg as pve-manager PVE/API2/ReplicationConfig.pm
+        `index` lists it, filtered by VM.Audit, sorted by id; `schedule` only when set,
+        `source` once pvesr has run (pve-guest-common src/PVE/ReplicationConfig.pm)."""
+        out = []
+        for job in self.replication:
+            if not self.allowed(user, '/vms/{0}'.format(job['guest']), 'VM.Audit'):
+                continue
+            g = self.guest(job['guest'])
+            out.append({'id': '{0}-{1}'.format(job['guest'], job['jobnum']), 'type': 'local', 'guest': job['guest'],
+                        'jobnum': job['jobnum'], 'target': job['target'], 'source': job.get('source', g.node)})
+        return sorted(out, key=lambda j: j['id'])
 
     # --- version, nodes, resources ---
 
@@ -1186,12 +1369,12 @@ class ClusterPve(FakePve):
         item = {'id': 'node/' + name, 'type': 'node', 'node': name, 'status': 'online' if online else 'offline',
                 'level': ''}
         if online and self.allowed(user, '/nodes/' + name, 'Sys.Audit'):
-            n, use = self.nodes[name], self.node_usage(name, snap)
-            item.update(cpu=round(min(1.0, use['cpu_cores'] / n['maxcpu']), 4), maxcpu=n['maxcpu'],
-                        mem=min(use['mem'], n['maxmem']), maxmem=n['maxmem'], disk=n['rootfs_used'],
-                        maxdisk=n['rootfs'], uptime=int(time.time() - self.started_at) + 864000,
-                        **{'cgroup-mode': 2, 'host-arch': 'x86_64'})
-        hastate = self.node_hastate(name, snap['ha_in_use'])
+            n, m = self.nodes[name], self.node_metrics(name, snap)
+            # no `host-arch`: pvestatd sends it only for nodes that are not x86_64 (PVE 9.2)
+            item.update(cpu=m['cpu'], maxcpu=n['maxcpu'], mem=m['mem'], maxmem=n['maxmem'], disk=n['rootfs_used'],
+                        maxdisk=n['rootfs'], uptime=m['uptime'], **{'cgroup-mode': 2})
+        # A node's HA state is in /cluster/resources since pve-manager 8.3 (PVE 8.4 here).
+        hastate = self.node_hastate(name, snap['ha_in_use']) if self.since('8.4') else None
         if hastate:
             item['hastate'] = hastate
         return item
@@ -1200,18 +1383,19 @@ class ClusterPve(FakePve):
         vols = snap['vols'][g.vmid]
         qemu = self.kind(g) == 'qemu'
         online = self.node_online(g.node)
-        running = online and self.guest_running(g)
+        m = self.guest_metrics(g)
         item = {'id': g.guest, 'type': self.kind(g), 'vmid': g.vmid, 'name': g.name, 'node': g.node,
                 'status': g.status if online else 'unknown', 'template': 1 if g.template else 0,
                 'maxcpu': self.guest_maxcpu(g), 'maxmem': self.guest_maxmem(g),
-                'cpu': round(g.usage['cpu'], 4) if running else 0, 'mem': g.usage['mem'] if running else 0,
-                'disk': 0 if qemu else (g.usage['disk'] if running else 0),
+                'cpu': m['cpu'], 'mem': m['mem'], 'disk': m['disk'],
                 'maxdisk': self.boot_disk_size(g, vols) if qemu else next(
                     (v['size'] for v in vols if v['key'] == 'rootfs'), 0),
-                'uptime': int(time.time() - (g.started_at or time.time())) if running else 0,
-                'netin': 0, 'netout': 0, 'diskread': 0, 'diskwrite': 0}
-        if qemu:
-            item['memhost'] = g.usage['memhost'] if running else 0
+                'uptime': m['uptime'], 'netin': 0, 'netout': 0, 'diskread': 0, 'diskwrite': 0}
+        # `memhost` (the host's view of a guest's memory) exists since qemu-server 9.0.11
+        # (src/PVE/QemuServer.pm `vmstatus`); PVE 9 containers report 0. On PVE 8 a VM's `mem`
+        # is the balloon driver's guest-internal figure: the node's `mem` holds more.
+        if self.since('9.0'):
+            item['memhost'] = m['memhost']
         if g.lock:
             item['lock'] = g.lock
         if g.config.get('tags'):
@@ -1275,6 +1459,8 @@ class ClusterPve(FakePve):
         data.update(cpu=round(vm.usage['cpu'], 4) if running else 0, mem=vm.usage['mem'] if running else 0,
                     memhost=vm.usage['memhost'] if running else 0, maxdisk=self.boot_disk_size(vm),
                     maxcpu=self.guest_maxcpu(vm))
+        if not self.since('9.0'):
+            data.pop('memhost')
         return data
 
     def _status(self, ct):
@@ -1300,8 +1486,9 @@ class ClusterPve(FakePve):
                 'cpuinfo': {'cpus': n['maxcpu'], 'cores': max(1, n['maxcpu'] // 2), 'sockets': 1,
                             'model': 'AMD EPYC 7443P 24-Core Processor', 'mhz': '2850.000', 'hvm': '1',
                             'user_hz': 100, 'flags': 'fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 svm'},
-                'memory': {'total': n['maxmem'], 'used': mem, 'free': n['maxmem'] - mem,
-                           'available': n['maxmem'] - mem},
+                'memory': dict({'total': n['maxmem'], 'used': mem, 'free': n['maxmem'] - mem},
+                               # pve-manager PVE/API2/Nodes.pm `status`: `available` since PVE 9
+                               **({'available': n['maxmem'] - mem} if self.since('9.0') else {})),
                 'swap': {'total': 8 * GiB, 'used': 0, 'free': 8 * GiB},
                 'rootfs': {'total': n['rootfs'], 'used': n['rootfs_used'], 'free': n['rootfs'] - n['rootfs_used'],
                            'avail': n['rootfs'] - n['rootfs_used']},
@@ -1412,40 +1599,79 @@ class ClusterPve(FakePve):
         return self.find(node, vmid)  # fakepve's, with PVE's "Configuration file ... does not exist"
 
     async def _qm_migrate_check(self, v, user):
+        """GET .../qemu/{vmid}/migrate as qemu-server src/PVE/API2/Qemu.pm
+        `migrate_vm_precondition` answers it, release by release."""
         g = self._find_qemu(v['node'], v['vmid'])
         self.need_quorum()
         self._check_lock(g)
-        vols = self.volumes(g)
+        running = self.guest_running(g)
+        data = {'running': 1 if running else 0, 'local_disks': self._local_disks(g),
+                'local_resources': self.local_resources(g), 'mapped-resources': []}
+        # qemu-server 8.0: the node lists only for a stopped VM; 8.3.9 (PVE 8.4) and later:
+        # for every VM. Either way check_local_storage_availability (src/PVE/QemuServer.pm)
+        # seeds {} for every cluster node, and the API copies each other node's entry into
+        # not_allowed_nodes, empty where nothing blocks it; allowed_nodes are those left empty.
+        if not running or self.since('8.4'):
+            data['allowed_nodes'], data['not_allowed_nodes'] = self._migration_targets(g)
+        if self.since('8.4'):
+            data['mapped-resource-info'] = {}
+        if self.since('9.0'):
+            data['has-dbus-vmstate'] = 1          # hard-coded: the API understands conntrack state
+            if g.ha_managed:
+                data['dependent-ha-resources'] = self._ha_partners(g, 'positive')
+        return data
+
+    def _migration_targets(self, g):
         allowed, not_allowed = [], {}
+        vols = self.volumes(g)
         for node in sorted(self.nodes):
             if node == g.node:
                 continue
-            # Like PVE: storages only, not whether the node is online or has room.
+            # storage.cfg `nodes=`/`disable` only: not whether the node is online or has room.
+            entry = {}
             missing = sorted({vol['storage'] for vol in vols if not self.storage_on(vol['storage'], node)})
             if missing:
-                not_allowed[node] = {'unavailable_storages': missing}
-            else:
+                entry['unavailable_storages'] = missing
+            blocking = self._ha_blockers(g, node) if self.since('9.0') else []
+            if blocking:
+                entry['blocking-ha-resources'] = blocking
+            not_allowed[node] = entry
+            if not entry:
                 allowed.append(node)
-        local_disks = []
-        for vol in vols:
+        return allowed, not_allowed
+
+    def _local_disks(self, g):
+        """local_disks: the volumes not on shared storage with the attributes qemu-server's
+        src/PVE/QemuServer.pm `foreach_volid` gives every volume (all of them 0/1 flags, so
+        present even when 0): 8.0 has referenced_in_config, 8.3 replaced it with is_attached,
+        9.1.4 added is_cloudinit. `size` only when the config has one; `drivename` for drives."""
+        out = []
+        snapshot_refs = {}
+        for name, snap in g.snapshots.items():
+            for key, value in snap.items():
+                if QEMU_DRIVE.match(key):
+                    snapshot_refs.setdefault(str(value).split(',')[0], {})[name] = 1
+        for vol in self.volumes(g):
             if vol['shared']:
                 continue
-            entry = {'volid': vol['volid'], 'drivename': vol['key'], 'is_attached': 1}
-            if vol['cdrom']:
-                entry['cdrom'] = 1
+            unused = vol['key'].startswith('unused')
+            entry = {'volid': vol['volid'], 'cdrom': 1 if vol['cdrom'] else 0, 'replicate': 1, 'shared': 0,
+                     'is_unused': 1 if unused else 0, 'is_vmstate': 0,
+                     'is_tpmstate': 1 if vol['key'] == 'tpmstate0' else 0}
+            if self.since('8.4'):
+                entry['is_attached'] = 0 if unused else 1
+            else:
+                entry['referenced_in_config'] = 1
+            if self.since('9.2'):               # qemu-server 9.1.4
+                entry['is_cloudinit'] = 1 if vol['cloudinit'] else 0
+            if not unused:
+                entry['drivename'] = vol['key']
             if vol['size_given']:
                 entry['size'] = vol['size']
-            if vol['key'].startswith('unused'):
-                entry.update(is_attached=0, is_unused=1)
-                entry.pop('drivename')
-            local_disks.append(entry)
-        data = {'running': 1 if self.guest_running(g) else 0, 'allowed_nodes': allowed,
-                'not_allowed_nodes': not_allowed, 'local_disks': local_disks,
-                'local_resources': self.local_resources(g), 'mapped-resources': [], 'mapped-resource-info': {},
-                'has-dbus-vmstate': 1}
-        if g.ha_managed:
-            data['dependent-ha-resources'] = []
-        return data
+            if vol['volid'] in snapshot_refs:
+                entry['referenced_in_snapshot'] = snapshot_refs[vol['volid']]
+            out.append(entry)
+        return out
 
     def _check_target(self, node, target):
         """The first synchronous checks of qemu and lxc migrate alike: target, quorum, node."""
@@ -1466,6 +1692,13 @@ class ClusterPve(FakePve):
         self._check_lock(g)
         if self.guest_running(g) and not _flag(v.get('online', 0)):
             raise PveError(500, "can't migrate running VM without --online")
+        jobs = [j for j in self.replication if j['guest'] == g.vmid]
+        if self.guest_running(g) and jobs and not any(j['target'] == target for j in jobs) \
+                and not _flag(v.get('force', 0)):
+            # ReplicationConfig `check_for_existing_jobs` / `find_local_replication_job`:
+            # disabled jobs count too.
+            raise PveError(500, "Cannot live-migrate replicated VM to node '{0}' - not a replication target. "
+                                "Use 'force' to override.".format(target))
         smap = self._storage_map(v.get('targetstorage'), self.volumes(g))
         for vol in self.volumes(g):
             dst = smap.get(vol['storage'], vol['storage'])
@@ -1493,10 +1726,19 @@ class ClusterPve(FakePve):
         ct = self._find_ct(v['node'], v['vmid'])
         self.need_quorum()
         self._ct_check_lock(ct)
-        data = {'running': 1 if self.guest_running(ct) else 0,
-                'allowed-nodes': [n for n in sorted(self.nodes) if n != ct.node], 'not-allowed-nodes': {}}
+        # pve-container src/PVE/API2/LXC.pm `migrate_vm_precondition` (PVE 9): only HA blockers;
+        # unlike qemu, a node without blockers is not a key of not-allowed-nodes.
+        data = {'running': 1 if self.guest_running(ct) else 0, 'allowed-nodes': [], 'not-allowed-nodes': {}}
+        for node in sorted(self.nodes):
+            if node == ct.node:
+                continue
+            blocking = self._ha_blockers(ct, node)
+            if blocking:
+                data['not-allowed-nodes'][node] = {'blocking-ha-resources': blocking}
+            else:
+                data['allowed-nodes'].append(node)
         if ct.ha_managed:
-            data['dependent-ha-resources'] = []
+            data['dependent-ha-resources'] = self._ha_partners(ct, 'positive')
         return data
 
     async def _lxc_migrate(self, user, v):
@@ -1517,10 +1759,69 @@ class ClusterPve(FakePve):
         return [g for g in self.all_guests() if g.ha_managed]
 
     def _ha_config(self, g):
+        # GET /cluster/ha/resources returns resources.cfg as written, defaults not filled in
+        # (pve-ha-manager src/PVE/API2/HA/Resources.pm `index`): `ha-manager add` writes
+        # type and state.
         return {'sid': self.ha_sid(g), 'type': 'vm' if self.kind(g) == 'qemu' else 'ct',
-                'state': 'started' if g.ha_state != 'stopped' else 'stopped', 'max_restart': 1,
-                'max_relocate': 1, 'failback': 1, 'auto-rebalance': 1,
+                'state': 'started' if g.ha_state != 'stopped' else 'stopped',
                 'digest': hashlib.sha1(self.ha_sid(g).encode()).hexdigest()}
+
+    def _affinity_rules(self, g, affinity):
+        """Enabled resource-affinity rules (PVE 9) with this guest and the wanted affinity."""
+        sid = self.ha_sid(g)
+        for rule in self.scenario['ha_rules']:
+            members = [m.strip() for m in str(rule.get('resources', '')).split(',') if m.strip()]
+            if rule.get('type') == 'resource-affinity' and rule.get('affinity') == affinity \
+                    and not rule.get('disable') and sid in members:
+                yield [m for m in members if m != sid]
+
+    def _ha_guest(self, sid):
+        m = re.fullmatch(r'(vm|ct):(\d+)', sid)
+        g = self.guest(int(m.group(2))) if m else None
+        return g if g is not None and g.ha_managed else None
+
+    def _ha_partners(self, g, affinity):
+        """pve-ha-manager src/PVE/HA/Config.pm `get_resource_motion_info`: the HA-managed
+        partners of a rule, sorted (ResourceAffinity `get_affinitive_resources`)."""
+        if not self.since('9.0'):
+            return []
+        return sorted({sid for members in self._affinity_rules(g, affinity) for sid in members
+                       if self._ha_guest(sid) is not None})
+
+    def _ha_blockers(self, g, node):
+        """{sid, cause} that keep an HA guest off a node (pve-ha-manager Config.pm/Helpers.pm
+        `get_resource_motion_info`): only for nodes whose HA state is online; a negative
+        partner on that node, not mid-migration; and since PVE 9.2 (pve-ha-manager after
+        5.2.0) a node its node-affinity rule does not allow, or with failback not among the
+        rule's highest-priority nodes."""
+        if not g.ha_managed or self.node_hastate(node) != 'online':
+            return []
+        out = []
+        for sid in self._ha_partners(g, 'negative'):
+            other = self._ha_guest(sid)
+            if other.node == node and other.ha_target is None:
+                out.append({'sid': sid, 'cause': 'resource-affinity'})
+        if self.since('9.2'):
+            allowed = self._node_affinity_nodes(g)
+            if allowed is not None and node not in allowed:
+                out.append({'sid': self.ha_sid(g), 'cause': 'node-affinity'})
+        return out
+
+    def _node_affinity_nodes(self, g):
+        """Nodes an enabled node-affinity rule keeps the guest on (failback defaults to 1:
+        the highest-priority nodes), or None without a rule."""
+        sid = self.ha_sid(g)
+        for rule in self.scenario['ha_rules']:
+            if rule.get('type') != 'node-affinity' or rule.get('disable') or sid not in [
+                    m.strip() for m in str(rule.get('resources', '')).split(',')]:
+                continue
+            prio = {}
+            for item in str(rule.get('nodes', '')).split(','):
+                name, _, level = item.strip().partition(':')
+                prio[name] = int(level or 0)
+            top = max(prio.values(), default=0)
+            return {n for n, p in prio.items() if p == top}
+        return None
 
     def _ha_lookup(self, sid):
         m = re.fullmatch(r'(?:(vm|ct):)?(\d+)', str(sid))
@@ -1947,6 +2248,14 @@ class FakeCluster(object):
     def set_crs(self, **options):
         """Datacenter crs options, e.g. set_crs(**{'ha-auto-rebalance': 1})."""
         self._call(self.pve.crs.update, options)
+
+    def set_status(self, vmid, status):
+        """Start ('running') or stop ('stopped') a guest the way qm start/stop would."""
+        def apply():
+            g = self.pve.find_guest(vmid)
+            g.status = status
+            g.started_at = time.time() if status == 'running' else None
+        self._call(apply)
 
     def set_usage(self, vmid, **usage):
         """Change a guest's usage: cpu (fraction of its vCPUs), mem_gib, memhost_gib, disk_gib."""

@@ -129,7 +129,8 @@ def test_resources_match_scenario(cluster):
     stopped = res[('qemu', 105)]
     assert (stopped['status'], stopped['mem'], stopped['cpu'], stopped['maxmem']) == ('stopped', 0, 0, 8 * GiB)
     ct = res[('lxc', 200)]
-    assert 'memhost' not in ct and ct['maxdisk'] == 8 * GiB and ct['disk'] > 0
+    # PVE 9 sends memhost 0 for containers (pve-manager PVE/Service/pvestatd.pm)
+    assert ct['memhost'] == 0 and ct['maxdisk'] == 8 * GiB and ct['disk'] > 0
     lvm = res[('storage', ('pve1', 'local-lvm'))]
     assert (lvm['shared'], lvm['plugintype'], lvm['maxdisk']) == (0, 'lvmthin', 1000 * GiB)
     assert lvm['disk'] == 2 * GiB + 100 * GiB + 8 * GiB  # base + VM 103's disk + CT 200's rootfs
@@ -260,28 +261,71 @@ def test_booleans_must_be_1_or_0(cluster):
     assert c.placement()[101] == 'pve2'
 
 
+FLAGS_9_2 = {'cdrom': 0, 'replicate': 1, 'shared': 0, 'is_unused': 0, 'is_vmstate': 0, 'is_tpmstate': 0,
+             'is_attached': 1, 'is_cloudinit': 0}
+
+
 def test_preconditions(cluster):
     c = cluster('edge.json')
     api = api_for(c)
     pre = api.nodes('pve1').qemu(104).migrate.get()
-    # Like PVE: every other node without a storage blocker, offline and maintenance ones included.
+    # qemu-server >= 8.3.9: every other node is a key of not_allowed_nodes, {} where nothing blocks
+    # it (offline and maintenance ones included); allowed_nodes are those with an empty entry.
     assert pre['running'] == 1 and pre['allowed_nodes'] == ['pve2', 'pve3', 'pve4', 'pve5']
-    assert pre['not_allowed_nodes'] == {} and pre['local_disks'] == [] and pre['local_resources'] == []
+    assert pre['not_allowed_nodes'] == {'pve2': {}, 'pve3': {}, 'pve4': {}, 'pve5': {}}
+    assert pre['local_disks'] == [] and pre['local_resources'] == [] and pre['has-dbus-vmstate'] == 1
     pre = api.nodes('pve2').qemu(107).migrate.get()
     assert pre['allowed_nodes'] == ['pve1', 'pve4']
-    assert pre['not_allowed_nodes'] == {'pve3': {'unavailable_storages': ['nfs-archive']},
-                                        'pve5': {'unavailable_storages': ['nfs-archive']}}
+    assert pre['not_allowed_nodes'] == {'pve1': {}, 'pve3': {'unavailable_storages': ['nfs-archive']},
+                                        'pve4': {}, 'pve5': {'unavailable_storages': ['nfs-archive']}}
     pre = api.nodes('pve1').qemu(103).migrate.get()
-    assert pre['local_disks'] == [{'volid': 'local:iso/debian-13.1.0-amd64-netinst.iso', 'cdrom': 1,
-                                   'drivename': 'ide2', 'is_attached': 1}]
+    assert pre['local_disks'] == [dict(FLAGS_9_2, volid='local:iso/debian-13.1.0-amd64-netinst.iso', cdrom=1,
+                                       drivename='ide2')]
     pre = api.nodes('pve5').qemu(109).migrate.get()
-    assert pre['local_disks'] == [{'volid': 'local-zfs:vm-109-disk-0', 'size': 60 * GiB, 'drivename': 'scsi0',
-                                   'is_attached': 1}]
-    assert set(pre['not_allowed_nodes']) == {'pve1', 'pve2', 'pve3', 'pve4'}
+    assert pre['local_disks'] == [dict(FLAGS_9_2, volid='local-zfs:vm-109-disk-0', size=60 * GiB,
+                                       drivename='scsi0')]
+    assert pre['not_allowed_nodes'] == {n: {'unavailable_storages': ['local-zfs']}
+                                        for n in ('pve1', 'pve2', 'pve3', 'pve4')}
+    assert pre['allowed_nodes'] == []
     e = pve_error(lambda: api.nodes('pve1').qemu(101).migrate.get(), 500)
     assert e.content == 'VM is locked (backup)'
     pre = api.nodes('pve1').lxc(200).migrate.get()
     assert pre['running'] == 1 and pre['allowed-nodes'] == ['pve2', 'pve3', 'pve4', 'pve5']
+    assert pre['not-allowed-nodes'] == {}
+
+
+@pytest.mark.parametrize('release', ['8.0', '8.4', '9.0', '9.2'])
+def test_precondition_shape_follows_the_release(cluster, release):
+    scenario = load_scenario('edge.json')
+    scenario['pve'] = release
+    c = cluster(scenario)
+    api = api_for(c)
+    running = api.nodes('pve1').qemu(104).migrate.get()
+    stopped_vm = 105
+    c.set_status(stopped_vm, "stopped")
+    stopped = api.nodes('pve2').qemu(stopped_vm).migrate.get()
+    assert stopped['not_allowed_nodes'] == {n: {} for n in ('pve1', 'pve3', 'pve4', 'pve5')}
+    if release == '8.0':   # qemu-server < 8.3.9: no node lists for a running VM
+        assert 'allowed_nodes' not in running and 'not_allowed_nodes' not in running
+    else:
+        assert running['not_allowed_nodes'] == {n: {} for n in ('pve2', 'pve3', 'pve4', 'pve5')}
+    assert ('mapped-resource-info' in running) == (release != '8.0')
+    assert ('has-dbus-vmstate' in running) == release.startswith('9')
+    iso = api.nodes('pve1').qemu(103).migrate.get()['local_disks'][0]
+    assert ('is_attached' in iso, 'referenced_in_config' in iso) == ((True, False) if release != '8.0'
+                                                                       else (False, True))
+    assert ('is_cloudinit' in iso) == (release == '9.2')
+    ct = api.nodes('pve1').lxc(200)
+    if release.startswith('8'):     # pve-container < 6.0.8 has no precondition: 501
+        e = pve_error(lambda: ct.migrate.get(), 501)
+        assert "not implemented" in str(e.content)
+        pve_error(lambda: api.cluster.ha.rules.get(), 501)
+    else:
+        assert ct.migrate.get()['allowed-nodes']
+    node = resources(api)[('node', 'pve1')]
+    assert ('hastate' in node) == (release != '8.0') and 'host-arch' not in node
+    assert ('memhost' in resources(api)[('qemu', 104)]) == release.startswith('9')
+    assert api.version.get()['release'] == release
 
 
 def test_passthrough_fails_in_task(cluster):
