@@ -1341,6 +1341,17 @@ class ClusterPve(FakePve):
                 ('GET', '/nodes/{node}/version', self._node_version),
                 ('GET', '/cluster/replication', self._replication_jobs)]
 
+    async def _permissions(self, v, user):
+        """GET /access/permissions with a path answers {path: effective privileges there},
+        inherited ones included, or {} (pve-access-control src/PVE/API2/AccessControl.pm
+        `permissions`); fakepve lists the ACL entries instead. Without a path: fakepve's."""
+        if v.get('path') is None:
+            return await super()._permissions(v, user)
+        from fakepve import shapes
+        who, path = v.get('userid') or user, v['path']
+        held = {priv: 1 for priv in sorted(shapes.PRIVILEGES) if self.allowed(who, path, priv)}
+        return {path: held} if held else {}
+
     async def _replication_jobs(self, v, user):
         """GET /cluster/replication: replication.cfg as pve-manager PVE/API2/ReplicationConfig.pm
         `index` lists it, filtered by VM.Audit, sorted by id; `schedule` only when set,
