@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 from aiohttp import web
 
@@ -96,6 +97,8 @@ TYPE_OPTIONS = {'lvmthin': {'vgname': 'pve', 'thinpool': 'data'}, 'lvm': {'vgnam
 SHARED_TYPES = ('rbd', 'nfs', 'cifs', 'cephfs', 'iscsi', 'zfs')
 # Used bytes a storage reports before any guest volume (metadata, ISOs, ...).
 STORAGE_BASE_USED = 2 * GiB
+# Where a request's wire record waits for its answer (aiohttp wants typed request keys).
+WIRE = web.RequestKey('wire', dict) if hasattr(web, 'RequestKey') else 'wire'
 
 QEMU_DRIVE = re.compile(r'^(?:(?:ide|sata|scsi|virtio)\d+|efidisk0|tpmstate0|unused\d+)$')
 LXC_MOUNT = re.compile(r'^(?:rootfs|mp\d+)$')
@@ -485,6 +488,7 @@ class ClusterPve(FakePve):
         self.migrations = []          # completed real migrations (see _record_migration)
         self.crm_log = []             # what the HA manager decided, for tests to read
         self.request_counts = collections.Counter()
+        self.wire = []                # every /api2/json request with its answer (_wire_entry)
         self.path_failures = []       # injected HTTP errors: dicts with method, regex, status, message, times
         self.task_failures = collections.defaultdict(collections.deque)  # vmid -> (message, exitstatus)
         self._background = set()      # running asyncio tasks we spawned
@@ -604,6 +608,8 @@ class ClusterPve(FakePve):
         elif kind in ('dir', 'zfspool') and g['type'] == 'lxc':
             name = '{0}/subvol-{0}-disk-{1}.raw'.format(vmid, n) if kind == 'dir' else 'subvol-{0}-disk-{1}'.format(
                 vmid, n)
+        elif kind == 'lvm' and d.get('format') == 'qcow2':
+            name = 'vm-{0}-disk-{1}.qcow2'.format(vmid, n)    # snapshot-as-volume-chain (PVE 9)
         else:
             name = 'vm-{0}-disk-{1}'.format(vmid, n)
         text = '{0}:{1},size={2}'.format(d['storage'], name, _size_text(d['size_gib']))
@@ -1267,6 +1273,28 @@ class ClusterPve(FakePve):
     def _record(self, request, body):
         super()._record(request, body)
         self.request_counts[(request.method, self.api_path(request.path))] += 1
+        if request.path.startswith('/api2/json/'):
+            request[WIRE] = self._wire_entry(request, body)
+            self.wire.append(request[WIRE])
+
+    SECRET_PARAMS = ('password', 'new-password', 'value')
+
+    def _wire_entry(self, request, body):
+        """A request as the conformance test checks it against Proxmox's schema: method,
+        path, every parameter as the sent string, how it authenticated, whether it carried
+        the CSRF header; the answer's status and data are added once it is sent."""
+        sent = list(request.query.items())
+        if body and request.content_type == 'application/x-www-form-urlencoded':
+            sent += urllib.parse.parse_qsl(body.decode('utf-8', 'replace'), keep_blank_values=True)
+        elif body and request.content_type == 'application/json':
+            with contextlib.suppress(ValueError, AttributeError):
+                sent += [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in json.loads(body).items()]
+        auth = request.headers.get('Authorization', '')
+        return {'method': request.method, 'path': urllib.parse.unquote(self.api_path(request.path)),
+                'params': {k: ('***' if k in self.SECRET_PARAMS else v) for k, v in sent},
+                'auth': 'token' if auth.startswith('PVEAPIToken=') else
+                        'ticket' if request.cookies.get('PVEAuthCookie') else 'none',
+                'csrf': 'CSRFPreventionToken' in request.headers, 'status': None, 'data': None}
 
     @web.middleware
     async def _middleware(self, request, handler):
@@ -1276,7 +1304,14 @@ class ClusterPve(FakePve):
             if request.remote not in ('127.0.0.1', '::1'):
                 return web.json_response({'error': 'loopback only'}, status=403)
             return await handler(request)
-        return await super()._middleware(request, handler)
+        response = await super()._middleware(request, handler)
+        entry = request.get(WIRE)
+        if entry is not None:
+            entry['status'] = response.status
+            if response.status == 200 and isinstance(getattr(response, 'body', None), bytes):
+                with contextlib.suppress(ValueError):
+                    entry['data'] = json.loads(response.body).get('data')
+        return response
 
     # Methods a release does not have: pve-http-server answers 501 "Method '<M> <path>' not
     # implemented" (src/PVE/APIServer/AnyEvent.pm). HA rules came with pve-ha-manager 5.0 and
@@ -1340,6 +1375,14 @@ class ClusterPve(FakePve):
                 ('GET', '/nodes/{node}/lxc/{vmid}/rrddata', self._lxc_rrddata),
                 ('GET', '/nodes/{node}/version', self._node_version),
                 ('GET', '/cluster/replication', self._replication_jobs)]
+
+    async def _cluster_status(self, request):
+        # pve-manager PVE/API2/Cluster.pm `get_status`: the cluster entry has type, id, nodes,
+        # version, name and quorate, no `online` (fakepve adds a count of online nodes).
+        response = await super()._cluster_status(request)
+        body = json.loads(response.body)
+        body['data'][0].pop('online', None)
+        return web.json_response(body)
 
     async def _permissions(self, v, user):
         """GET /access/permissions with a path answers {path: effective privileges there},
@@ -1853,7 +1896,14 @@ class ClusterPve(FakePve):
         if self.is_shared(v['storage']):
             return items
         here = {g.vmid for g in self.all_guests() if g.node == v['node']}
-        return [i for i in items if i.get('vmid') is None or int(i['vmid']) in here]
+        items = [i for i in items if i.get('vmid') is None or int(i['vmid']) in here]
+        if self.since('9.2') and self.storages[v['storage']]['type'] == 'lvm':
+            # pve-storage >= 9.1.5 LVMPlugin `list_images`: a qcow2 volume on (thick) LVM whose
+            # LV is not active reports `approximate-size` instead of `size` (fix #6819).
+            for item in items:
+                if item['volid'].endswith('.qcow2'):
+                    item['approximate-size'] = item.pop('size')
+        return items
 
     async def _ha_rules(self, v, user):
         kind = v.get('type')
@@ -1960,6 +2010,7 @@ class ClusterPve(FakePve):
     def reset_requests(self):
         self.requests.clear()
         self.request_counts.clear()
+        self.wire.clear()
 
     def state(self):
         return {'url': self.url, 'quorate': self.quorate, 'busy': self.busy(),
@@ -2170,6 +2221,12 @@ class FakeCluster(object):
     def requests(self):
         """(method, path) of every API request served, oldest first; path without /api2/json."""
         return self._call(lambda: [(m, self.pve.api_path(p)) for m, p, _ in self.pve.requests])
+
+    @property
+    def wire(self):
+        """Every /api2/json request as sent and answered: dicts method, path, params, auth
+        ('token', 'ticket', 'none'), csrf, status, data (see ClusterPve._wire_entry)."""
+        return self._call(lambda: copy.deepcopy(self.pve.wire))
 
     def request_counts(self):
         """{(method, path): count}, unbounded (requests keeps the last 1,000,000)."""
