@@ -1133,7 +1133,7 @@ class ClusterPve(FakePve):
         (pve-ha-manager src/PVE/HA/Manager.pm `update_crm_commands`, `queue_resource_motion`)."""
         sid = self.ha_sid(g)
         self.crm_log.append('{0}: got crm command: {1} {2} {3}'.format(_stamp(), reason, sid, target))
-        blockers = [b for b in self._ha_blockers(g, target)] if target in self.nodes else []
+        blockers = self._ha_blockers(g, target) if target in self.nodes else []
         if blockers:
             self.crm_log.append("{0}: crm command '{1} {2} {3}' - {4} '{5}' blocks it".format(
                 _stamp(), reason, sid, target, blockers[0]['cause'], blockers[0]['sid']))
@@ -1327,11 +1327,11 @@ class ClusterPve(FakePve):
         for method, pattern, release in self.NEW_IN:
             if request.method == method and pattern.match(path) and not self.since(release):
                 return pve_error_response(501, "Method '{0} {1}' not implemented".format(method, path))
-        if request.method == 'POST':
+        if request.method in {m for m, _, _, _ in self.NEW_PARAMS}:
             from fakepve.server import params as read_params
             sent = await read_params(request)
             for method, pattern, name, release in self.NEW_PARAMS:
-                if pattern.match(path) and name in sent and not self.since(release):
+                if method == request.method and pattern.match(path) and name in sent and not self.since(release):
                     return pve_error_response(400, 'Parameter verification failed.', {
                         name: 'property is not defined in schema and the schema does not allow additional '
                               'properties'})
@@ -2168,6 +2168,11 @@ class FakeCluster(object):
     def add_token(self, user, tokenid, secret):
         """An API token user@realm!tokenid with this secret (privsep is not modelled: full rights)."""
         self._call(self.pve.apitokens.__setitem__, '{0}!{1}'.format(user, tokenid), secret)
+
+    def grant(self, user, path, *privs):
+        """An ACL entry: user holds privs on path and below (once any grant exists, users
+        without one hold nothing; root@pam holds everything)."""
+        self._call(self.pve.grant, user, path, *privs)
 
     def add_user(self, user, password):
         self._call(self.pve.users.__setitem__, user, password)
