@@ -15,8 +15,11 @@ Layout of this file:
      and marshals every control call onto that loop
   4. command line: `serve` (standalone, for the demo/benchmark/CI) and `generate`
 
-Facts about real PVE used here come from /work/shared/PVE-API.md and fakepve's error
-catalogue; where this fake simplifies, a comment says so.
+Every behaviour here follows Proxmox's own source, and its comment names the repository, file
+and function (qemu-server, pve-manager, pve-container, pve-ha-manager, pve-storage,
+pve-guest-common, pve-access-control, pve-common, pve-http-server); error wording comes from
+there and from fakepve's error catalogue. The scenario key "pve" picks the release it answers
+as (8.0, 8.4, 9.0, 9.2). Where this fake simplifies, a comment says so.
 """
 
 import argparse
@@ -911,7 +914,8 @@ class ClusterPve(FakePve):
             status = 'OK'
             try:
                 if guest is not None:
-                    # The per-guest flock PVE takes; a second migration waits, then times out.
+                    # The per-guest flock (pve-guest-common src/PVE/GuestHelpers.pm
+                    # `guest_migration_lock`, 10 s): a second migration waits, then times out.
                     await self.acquire(guest, upid)
                 try:
                     await body(write, upid)
@@ -1068,7 +1072,8 @@ class ClusterPve(FakePve):
                         if qemu:
                             g.config.pop('lock', None)
                     if not qemu and running and g.status != 'running':
-                        # PVE restarts a CT on the source when a restart-mode move fails.
+                        # A restart-mode move that fails starts the CT on the source again
+                        # (pve-container src/PVE/LXC/Migrate.pm `final_cleanup`).
                         g.status = 'running'
                 self._record_migration(g, source, target, kind, params, upid, secs)
                 write('migration finished successfully (duration {0})'.format(_duration(elapsed)))
@@ -1167,7 +1172,8 @@ class ClusterPve(FakePve):
             if maintenance_node:
                 g.maintenance_node = maintenance_node
             if not self.guest_running(g):
-                # A stopped service is moved by the CRM itself: config only, no worker task.
+                # A stopped service is moved by the CRM itself: config only, no worker task
+                # (pve-ha-manager src/PVE/HA/Manager.pm `next_state_migrate_relocate`).
                 self.crm_log.append("{0}: migrate service '{1}' to node '{2}' (stopped)".format(_stamp(), sid, target))
                 self._move_guest(g, target, {})
                 self._record_migration(g, source, target, 'ha', {'target': target}, None, 0)
@@ -1178,7 +1184,8 @@ class ClusterPve(FakePve):
                                 "target = {3})".format(_stamp(), sid, source, target))
 
             async def lrm_run():
-                # The LRM of the source node runs the real migration as root@pam, with the
+                # The LRM of the source node runs the real migration as root@pam (pve-ha-manager
+                # src/PVE/HA/Resources/PVEVM.pm `migrate`: online, force, with-local-disks), with the
                 # parameters the HA resource agent passes.
                 params = ({'target': target, 'online': 1, 'force': 1, 'with-local-disks': 1}
                           if self.kind(g) == 'qemu' else {'target': target, 'restart': 1})
@@ -1216,7 +1223,8 @@ class ClusterPve(FakePve):
                     self.queue_ha_move(g, node)
 
     def _ha_pick_node(self, exclude):
-        """The CRS 'basic' choice: the usable node with the fewest HA services."""
+        """The CRS 'basic' choice: the usable node with the fewest HA services (pve-ha-manager
+        src/PVE/HA/Manager.pm `select_service_node`, simplified: no priorities)."""
         counts = {n: 0 for n in self.nodes if n != exclude and self.node_online(n)
                   and self.nodes[n].get('hastate') != 'maintenance'}
         for g in self.all_guests():
@@ -1227,7 +1235,8 @@ class ClusterPve(FakePve):
     # ------------------------------------------------------------------ auth & validation
 
     def check_password(self, user, password):
-        # PVE renews a ticket when its still-valid self is given as the password (same user).
+        # A still-valid ticket given as the password renews it (pve-access-control
+        # src/PVE/API2/AccessControl.pm `create_ticket` -> AccessControl.pm `verify_ticket`).
         session = self.tickets.get(password)
         if session is not None:
             return session['user'] == user and session['expires'] >= time.time()
@@ -1235,7 +1244,8 @@ class ClusterPve(FakePve):
 
     @staticmethod
     def _strict_boolean_errors(info, values):
-        """fakepve 0.5.0 accepts true/yes/on for boolean parameters; the PVE API server only 1 or 0."""
+        """fakepve 0.5.0 accepts true/yes/on for boolean parameters; Proxmox only 1 or 0
+        (pve-common src/PVE/JSONSchema.pm `check_type`)."""
         props = ((info or {}).get('parameters') or {}).get('properties', {})
         errs = {}
         for name, val in values.items():
@@ -1613,7 +1623,8 @@ class ClusterPve(FakePve):
         return not (p.get('errors') and t.get('exitstatus', 'OK') == 'OK')
 
     async def _task_list(self, request):
-        # fakepve ignores typefilter/source/since, which a balancer waiting on HA needs (PVE-API 4.4).
+        # fakepve ignores typefilter/source/since, which a balancer waiting on HA needs
+        # (pve-manager PVE/API2/Tasks.pm `node_tasks`).
         from fakepve.server import params as read_params
         node = request.match_info['node']
         user = request[USER]
@@ -1766,7 +1777,8 @@ class ClusterPve(FakePve):
         return await self.start_migration(g, target, params, user, 'qmigrate')
 
     async def _hamigrate(self, g, target, user):
-        """The hamigrate worker: queue `ha-manager migrate`, end OK at once (PVE-API 3.5)."""
+        """The hamigrate worker: runs `ha-manager migrate` (queues a CRM command) and ends OK at
+        once (qemu-server src/PVE/API2/Qemu.pm / pve-container src/PVE/API2/LXC.pm `migrate_vm`)."""
         vt = 'VM' if self.kind(g) == 'qemu' else 'CT'
 
         async def body(write, upid):
