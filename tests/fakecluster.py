@@ -158,7 +158,11 @@ def load_scenario(source):
            'metrics_period': float(raw.get('metrics_period', 0)),
            # HA rules as GET /cluster/ha/rules lists them (PVE 9): served as given.
            'ha_rules': [dict(r) for r in raw.get('ha_rules', [])],
-           'crs': dict({'ha': 'basic', 'ha-rebalance-on-start': 0, 'ha-auto-rebalance': 0}, **raw.get('crs', {}))}
+           'crs': dict({'ha': 'basic', 'ha-rebalance-on-start': 0, 'ha-auto-rebalance': 0}, **raw.get('crs', {})),
+           # Cluster PCI resource mappings (/cluster/mapping/pci): id -> {nodes: [...], live: bool}
+           # (live = the mapping is marked live-migration-capable).
+           'pci_mappings': {k: {'nodes': list(v.get('nodes', [])), 'live': bool(v.get('live'))}
+                            for k, v in raw.get('pci_mappings', {}).items()}}
     # Omitted shared_storages: a Ceph pool, as most clusters a balancer runs on have one.
     # An explicit [] means no shared storage at all.
     shared = raw.get('shared_storages')
@@ -265,6 +269,9 @@ def load_scenario(source):
         g.setdefault('cloudinit', None)     # storage of a cloud-init drive (qemu)
         g.setdefault('snapshots', [])       # names of snapshots taken of the current disks (qemu)
         g.setdefault('replication', [])     # target nodes of storage replication jobs
+        g.setdefault('mapped_pci', None)    # a PCI resource mapping id passed through (qemu)
+        if g['mapped_pci'] and g['mapped_pci'] not in out['pci_mappings']:
+            raise ScenarioError('guest {0}: no PCI mapping {1!r}'.format(g['vmid'], g['mapped_pci']))
         if g['type'] == 'lxc' and (g['hostpci'] or g['iso'] or g['cloudinit'] or g['snapshots']):
             raise ScenarioError('guest {0}: hostpci/iso/cloudinit/snapshots are qemu-only'.format(g['vmid']))
         for target in g['replication']:
@@ -562,6 +569,8 @@ class ClusterPve(FakePve):
                 boot.append('ide2')
             if g['hostpci']:
                 config['hostpci0'] = '0000:81:00.0,pcie=1'
+            if g['mapped_pci']:
+                config['hostpci1'] = 'mapping={0},pcie=1'.format(g['mapped_pci'])
             if g['cloudinit']:
                 # How qemu-server names a cloud-init drive (src/PVE/QemuServer/Cloudinit.pm).
                 config['ide0'] = '{0}:vm-{1}-cloudinit,media=cdrom'.format(g['cloudinit'], vmid)
@@ -689,10 +698,29 @@ class ClusterPve(FakePve):
         return [v for v in self.volumes(g) if not v['shared']]
 
     def local_resources(self, g):
+        """qemu-server `check_local_resources` (src/PVE/QemuMigrate/Helpers.pm): device keys; a
+        mapped hostpci only up to 8.3.8, and since 8.3.9 only while running on a mapping not
+        marked live-migration-capable."""
         if self.kind(g) == 'lxc':
             return []
-        return sorted(k for k in g.config if re.match(r'^(?:hostpci|usb|parallel)\d+$', k)
-                      or (re.match(r'^serial\d+$', k) and g.config[k] != 'socket'))
+        out = []
+        for k in g.config:
+            mapping = self.pci_mapping(g, k)
+            if mapping is not None:
+                if not self.since('8.4') or (self.guest_running(g) and not mapping['live']):
+                    out.append(k)
+            elif re.match(r'^(?:hostpci|usb|parallel)\d+$', k) or (re.match(r'^serial\d+$', k)
+                                                                  and g.config[k] != 'socket'):
+                out.append(k)
+        return sorted(out)
+
+    def pci_mapping(self, g, key):
+        """The cluster PCI mapping a hostpciN uses (`mapping=<id>`), or None."""
+        m = re.match(r'^hostpci\d+$', key) and re.match(r'^mapping=([^,]+)', str(g.config.get(key, '')))
+        return dict(self.scenario['pci_mappings'][m.group(1)], name=m.group(1)) if m else None
+
+    def mapped_keys(self, g):
+        return sorted(k for k in g.config if self.pci_mapping(g, k) is not None)
 
     def boot_disk_size(self, g, volumes=None):
         vols = {v['key']: v for v in (self.volumes(g) if volumes is None else volumes) if not v['cdrom']}
@@ -1093,11 +1121,27 @@ class ClusterPve(FakePve):
         make inside the task. A volume's problem is logged as a warning line (no ERROR:
         prefix, pve-guest-common AbstractMigrate `log`), and the scan then dies with
         "Problem found while scanning volumes - can't migrate VM - check log"."""
-        devices = self.local_resources(g)
+        mapped = self.mapped_keys(g)
+        devices = [k for k in self.local_resources(g) if k not in mapped]
         if devices:
             if running or not force:
                 raise MigrationAborted("can't migrate VM which uses local devices: {0}".format(', '.join(devices)))
             write('migrating VM which uses local devices')
+        if mapped:
+            # QemuMigrate `prepare` (messages of qemu-server >= 8.3.9, and before)
+            absent = [k for k in mapped if target not in self.pci_mapping(g, k)['nodes']]
+            if absent:
+                raise MigrationAborted("can't migrate to '{0}': missing mapped devices {1}".format(
+                    target, ', '.join(absent)))
+            if running and not self.since('8.4'):
+                raise MigrationAborted("can't migrate running VM which uses mapped devices: {0}".format(
+                    ', '.join(mapped)))
+            stuck = ['{0}:{1}'.format(k, self.pci_mapping(g, k)['name']) for k in mapped
+                     if not self.pci_mapping(g, k)['live']]
+            if running and stuck:
+                raise MigrationAborted("can't live migrate running VM which uses following mapped devices: "
+                                       + ', '.join(stuck))
+            write('migrating VM which uses mapped local devices')
         errors = {}
         replicated = any(j['guest'] == g.vmid and j['target'] == target for j in self.replication)
         for v in self.local_volumes(g):
@@ -1671,7 +1715,7 @@ class ClusterPve(FakePve):
         self._check_lock(g)
         running = self.guest_running(g)
         data = {'running': 1 if running else 0, 'local_disks': self._local_disks(g),
-                'local_resources': self.local_resources(g), 'mapped-resources': []}
+                'local_resources': self.local_resources(g), 'mapped-resources': self.mapped_keys(g)}
         # qemu-server 8.0: the node lists only for a stopped VM; 8.3.9 (PVE 8.4) and later:
         # for every VM. Either way check_local_storage_availability (src/PVE/QemuServer.pm)
         # seeds {} for every cluster node, and the API copies each other node's entry into
@@ -1679,7 +1723,10 @@ class ClusterPve(FakePve):
         if not running or self.since('8.4'):
             data['allowed_nodes'], data['not_allowed_nodes'] = self._migration_targets(g)
         if self.since('8.4'):
-            data['mapped-resource-info'] = {}
+            data['mapped-resource-info'] = {
+                k: dict({'name': self.pci_mapping(g, k)['name']},
+                        **({'live-migration': 1} if self.pci_mapping(g, k)['live'] else {}))
+                for k in self.mapped_keys(g)}
         if self.since('9.0'):
             data['has-dbus-vmstate'] = 1          # hard-coded: the API understands conntrack state
             if g.ha_managed:
@@ -1697,6 +1744,9 @@ class ClusterPve(FakePve):
             missing = sorted({vol['storage'] for vol in vols if not self.storage_on(vol['storage'], node)})
             if missing:
                 entry['unavailable_storages'] = missing
+            absent = [k for k in self.mapped_keys(g) if node not in self.pci_mapping(g, k)['nodes']]
+            if absent:
+                entry['unavailable-resources'] = absent
             blocking = self._ha_blockers(g, node) if self.since('9.0') else []
             if blocking:
                 entry['blocking-ha-resources'] = blocking

@@ -66,7 +66,8 @@ SCHEMA_HOLES = {
 
 def scenario(release):
     """Four nodes, one hot: HA guests with a node-affinity rule, local disks, containers,
-    a replicated VM, a cloud-init drive, a snapshot, a template, a locked and a stopped VM."""
+    a replicated VM, a cloud-init drive, a snapshot, a mapped PCI device, a template, a locked
+    and a stopped VM."""
     def vm(vmid, node, gib, **kw):
         return dict({"vmid": vmid, "node": node, "maxmem_gib": gib, "mem_gib": gib * 0.8, "maxcpu": 4,
                      "cpu": 0.3}, **kw)
@@ -82,8 +83,10 @@ def scenario(release):
                    vm(106, "pve1", 8, lock="backup"), vm(107, "pve1", 8, status="stopped"),
                    vm(108, "pve1", 2, template=1, status="stopped"),
                    vm(109, "pve2", 8), vm(110, "pve1", 10, iso="local:iso/debian.iso"),
+                   vm(111, "pve1", 8, mapped_pci="gpu"),
                    {"vmid": 200, "type": "lxc", "node": "pve1", "maxmem_gib": 4, "mem_gib": 3, "maxcpu": 2,
                     "cpu": 0.2, "disks": [{"key": "rootfs", "storage": "local-lvm", "size_gib": 8}]}],
+        "pci_mappings": {"gpu": {"nodes": ["pve1", "pve3"], "live": True}},
         "ha_rules": [{"rule": "keep", "type": "node-affinity", "resources": "vm:101",
                       "nodes": "pve1:2,pve2:2,pve3:2,pve4:1", "strict": 0}],
     }

@@ -283,3 +283,27 @@ def test_memory_no_guest_accounts_for_is_not_chased(cluster, run, release):
     assert "no guest accounts for" in first.doc["verdict"]
     second = run(c, "--once", "--json")
     assert second.returncode == 0 and second.doc["migrations"] == []
+
+
+@pytest.mark.parametrize("release", ["8.0", "8.4", "9.2"])
+def test_mapped_devices_go_only_where_the_mapping_exists(cluster, run, release):
+    # 101 passes through a PCI device by cluster mapping "gpu" (on pve1 and pve3 only): the
+    # precheck names pve2 in not_allowed_nodes with unavailable-resources. A live move needs
+    # the mapping marked live-migration-capable (qemu-server >= 8.3.9); 8.0 refuses any running
+    # VM with a mapped device. 102 uses "nic" (not live-capable) and must stay.
+    scenario = {"pve": release, "nodes": nodes("pve1", "pve2", "pve3"),
+                "pci_mappings": {"gpu": {"nodes": ["pve1", "pve3"], "live": True},
+                                 "nic": {"nodes": ["pve1", "pve2", "pve3"], "live": False}},
+                "guests": [vm(101, "pve1", 16, mapped_pci="gpu"), vm(102, "pve1", 14, mapped_pci="nic"),
+                           vm(103, "pve3", 8)]}
+    c = cluster(scenario)
+    result = run(c, "--once", "--json")
+    assert result.returncode == 0, result.stderr
+    assert all(m["status"] == "done" for m in result.doc["migrations"]), "nothing Proxmox refused"
+    moved = done(result.doc)
+    blocked = {b["vmid"]: b["reason"] for b in result.doc["blocked"]}
+    assert 102 not in moved and "hostpci1" in blocked[102]
+    if release == "8.0":
+        assert 101 not in moved and "hostpci1" in blocked[101]
+    else:
+        assert moved.get(101) == "pve3", (moved, blocked)
