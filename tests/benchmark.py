@@ -542,8 +542,10 @@ def run_prs(fake, method, workdir, dry_run):
     conf = os.path.join(fake.dir, 'prs.conf')
     with open(conf, 'w') as fh:
         fh.write('[proxmox]\napi_host = 127.0.0.1:%d\napi_user = %s\napi_pass = %s\nca_file = %s\n'
-                 '[balancing]\nmethod = %s\nbalanciness = %g\n[service]\ndaemon = 0\n'
-                 % (fake.port, USER, PASSWORD, fake.cafile, method, BALANCINESS))
+                 '[balancing]\nmethod = %s\nbalanciness = %g\ncooldown_hours = 0\n'
+                 '[service]\ndaemon = 0\nstate_file = %s\n'
+                 % (fake.port, USER, PASSWORD, fake.cafile, method, BALANCINESS,
+                    os.path.join(fake.dir, 'state.json')))
     cmd = [sys.executable, EXECUTABLE, '-c', conf, '--once', '--json'] + (['--dry-run'] if dry_run else [])
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)

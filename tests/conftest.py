@@ -28,6 +28,15 @@ except ImportError:
 #         c = cluster('small.json')            # or a dict, or generate_scenario(...)
 #         c = cluster('drain.json', time_scale=0.01, ha_delay=0.5)
 # --------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path, monkeypatch):
+    """PRS remembers its runs in $STATE_DIRECTORY/state.json (systemd's StateDirectory=):
+    each test gets a directory of its own, so no test sees another's memory."""
+    path = tmp_path / "prs-state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(path))
+    return path
+
+
 @pytest.fixture
 def cluster():
     started = []
