@@ -499,11 +499,13 @@ class ClusterPve(FakePve):
         self.crm_log = []             # what the HA manager decided, for tests to read
         self.request_counts = collections.Counter()
         self.wire = []                # every /api2/json request with its answer (_wire_entry)
+        self.usage_log = []           # (time, {node: figures}) at every change (note_usage)
         self.path_failures = []       # injected HTTP errors: dicts with method, regex, status, message, times
         self.task_failures = collections.defaultdict(collections.deque)  # vmid -> (message, exitstatus)
         self._background = set()      # running asyncio tasks we spawned
         self._timers = set()          # pending loop.call_later handles (HA rounds)
         self._build()
+        self.note_usage()
 
     # ------------------------------------------------------------------ building
 
@@ -1016,6 +1018,7 @@ class ClusterPve(FakePve):
                     job['target'] = g.node
                 job['source'] = target
         g.node = target
+        self.note_usage()
 
     def _take_task_failure(self, g):
         queue = self.task_failures.get(g.vmid)
@@ -1608,8 +1611,10 @@ class ClusterPve(FakePve):
                 'current-kernel': {'sysname': 'Linux', 'release': '6.14.11-4-pve', 'machine': 'x86_64',
                                    'version': '#1 SMP PREEMPT_DYNAMIC PMX 6.14.11-4'}}
 
-    # RRD history: flat series at today's usage (the fake has no history); enough for a client
-    # that averages over a timeframe to get the same figures as /cluster/resources.
+    # RRD history (pve-cluster src/pmxcfs/status.c: AVERAGE over 60 s steps for `hour`; PVE 8 and
+    # 9 alike keep 60 points of it). Node cpu and memory follow what happened since the fake
+    # started (note_usage records every change; the cluster looked as at its start before that);
+    # the other series and the longer timeframes are flat at today's figures.
     RRD_STEP = {'hour': 60, 'day': 1800, 'week': 10800, 'month': 43200, 'year': 604800, 'decade': 6048000}
 
     def _rrd(self, timeframe, point):
@@ -1617,15 +1622,42 @@ class ClusterPve(FakePve):
         now = int(time.time()) // step * step
         return [dict(point, time=now - step * (69 - i)) for i in range(70)]
 
+    def note_usage(self):
+        """Record every node's figures from now on: the step function rrddata averages."""
+        snap = self.usage_snapshot()
+        self.usage_log.append((time.time(), {n: self._live_node(n, snap) for n in self.nodes}))
+
+    def _history(self, node, start, end):
+        """Time-weighted mean (cpu, mem) of a node over [start, end)."""
+        total = cpu = mem = 0.0
+        for i, (t, figures) in enumerate(self.usage_log):
+            a = max(start, t) if i else start
+            b = min(end, self.usage_log[i + 1][0]) if i + 1 < len(self.usage_log) else end
+            if b > a:
+                total += b - a
+                cpu += figures[node]['cpu'] * (b - a)
+                mem += figures[node]['mem'] * (b - a)
+        return (cpu / total, mem / total) if total else (0.0, 0.0)
+
     async def _node_rrddata(self, v, user):
         node = v['node']
         n, use = self.nodes[node], self.node_usage(node)
         mem = min(use['mem'], n['maxmem'])
-        return self._rrd(v.get('timeframe'), {
-            'cpu': round(min(1.0, use['cpu_cores'] / n['maxcpu']), 4), 'maxcpu': n['maxcpu'], 'iowait': 0.001,
-            'loadavg': round(use['cpu_cores'], 2), 'memused': mem, 'memtotal': n['maxmem'],
-            'memavailable': n['maxmem'] - mem, 'swapused': 0, 'swaptotal': 8 * GiB, 'rootused': n['rootfs_used'],
-            'roottotal': n['rootfs'], 'netin': 1000.0, 'netout': 1000.0})
+        point = {'cpu': round(min(1.0, use['cpu_cores'] / n['maxcpu']), 4), 'maxcpu': n['maxcpu'], 'iowait': 0.001,
+                 'loadavg': round(use['cpu_cores'], 2), 'memused': mem, 'memtotal': n['maxmem'],
+                 'swapused': 0, 'swaptotal': 8 * GiB, 'rootused': n['rootfs_used'], 'roottotal': n['rootfs'],
+                 'netin': 1000.0, 'netout': 1000.0}
+        if self.since('9.0'):          # the PVE 9 node RRD format added these
+            point.update(memavailable=n['maxmem'] - mem, arcsize=0)
+        if v.get('timeframe') != 'hour':
+            return self._rrd(v.get('timeframe'), point)
+        end = int(time.time()) // 60 * 60   # complete minutes only: the newest bucket is not yet written
+        out = []
+        for k in range(60, 0, -1):
+            cpu, used = self._history(node, end - 60 * k, end - 60 * (k - 1))
+            out.append(dict(point, time=end - 60 * k, cpu=round(cpu, 4), memused=int(used),
+                            **({'memavailable': n['maxmem'] - int(used)} if self.since('9.0') else {})))
+        return out
 
     def _guest_rrd(self, g, timeframe):
         running = self.guest_running(g)
@@ -2059,6 +2091,7 @@ class ClusterPve(FakePve):
         if node not in self.nodes:
             raise KeyError('no node {0}'.format(node))
         self.nodes[node]['online'] = bool(online)
+        self.note_usage()
 
     def set_lock(self, vmid, lock):
         g = self.find_guest(vmid)
@@ -2390,6 +2423,7 @@ class FakeCluster(object):
             g = self.pve.find_guest(vmid)
             g.status = status
             g.started_at = time.time() if status == 'running' else None
+            self.pve.note_usage()
         self._call(apply)
 
     def set_usage(self, vmid, **usage):
@@ -2403,6 +2437,7 @@ class FakeCluster(object):
                     g.usage[key[:-4] if key != 'disk_gib' else 'disk'] = _gib(value)
                 else:
                     raise KeyError(key)
+            self.pve.note_usage()
         self._call(apply)
 
 

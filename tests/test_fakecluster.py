@@ -179,7 +179,20 @@ def test_node_status_endpoint(cluster):
     assert status['memory']['total'] == 128 * GiB and status['cpuinfo']['cpus'] == 32
     assert status['memory']['used'] == c.node_usage()['pve1']['mem']
     rrd = api_for(c).nodes('pve1').rrddata.get(timeframe='hour')
-    assert len(rrd) == 70 and rrd[-1]['memused'] == status['memory']['used'] and rrd[-1]['maxcpu'] == 32
+    assert len(rrd) == 60 and rrd[-1]['memused'] == status['memory']['used'] and rrd[-1]['maxcpu'] == 32
+    assert [b['time'] - a['time'] for a, b in zip(rrd, rrd[1:])] == [60] * 59
+
+
+def test_node_rrd_history_follows_the_usage_over_time(cluster):
+    # A change is seen in the RRD only from the minute it happened: the hour before keeps
+    # the old figures (1-minute AVERAGE buckets, pve-cluster status.c).
+    c = cluster('small.json')
+    before = api_for(c).nodes('pve1').rrddata.get(timeframe='hour')
+    c.set_usage(103, memhost_gib=2)
+    after = api_for(c).nodes('pve1').rrddata.get(timeframe='hour')
+    assert [p['memused'] for p in after] == [p['memused'] for p in before]
+    now = api_for(c).cluster.resources.get(type='node')
+    assert [n['mem'] for n in now if n['node'] == 'pve1'] == [before[-1]['memused'] - 28 * GiB]
     vm_rrd = api_for(c).nodes('pve1').qemu(101).rrddata.get(timeframe='day')
     assert vm_rrd[-1]['memhost'] == 14 * GiB and vm_rrd[-1]['cpu'] == 0.4
 

@@ -153,3 +153,23 @@ def test_a_dry_run_remembers_nothing(cluster, run, state_directory):
     result = run(c, "--dry-run", "--json")
     assert result.returncode == 0 and result.doc["migrations"]
     assert not (state_directory / "state.json").exists()
+
+
+def test_a_short_spike_moves_nothing_a_lasting_imbalance_does(cluster, run):
+    # Balanced for the last hour (the fake's RRD history), then 103 jumps to 40 GiB: the
+    # current spread is far above balanciness, the hour's averages are not.
+    balanced = {"nodes": nodes("pve1", "pve2"),
+                "guests": [vm(101, "pve1", 12), vm(102, "pve1", 2), vm(103, "pve2", 12), vm(104, "pve2", 2)]}
+    c = cluster(balanced)
+    c.set_usage(103, mem_gib=40, memhost_gib=40)
+    spike = run(c, "--once", "--json")
+    assert spike.returncode == 0, spike.stderr
+    assert spike.doc["spread_before"] > 30 and spike.doc["migrations"] == []
+    assert "short spike" in spike.doc["verdict"]
+    assert len([p for m, p in c.requests if p.endswith("/rrddata")]) == 2, "one request per node"
+    # The same imbalance for the whole hour is acted on.
+    lasting = cluster(dict(balanced, guests=[vm(101, "pve1", 12), vm(102, "pve1", 2),
+                                             vm(103, "pve2", 40), vm(104, "pve2", 2)]))
+    result = run(lasting, "--once", "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.doc["migrations"] and "spike" not in result.doc["verdict"]
