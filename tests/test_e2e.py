@@ -484,7 +484,8 @@ def in_flight(stderr):
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_parallel_migrations_limit(cluster, run, parallel):
     c = cluster(generate_scenario(9, nodes=6, guests=60, ha=0, local_disk=0), time_scale=0.01)
-    result = run(c, "--once", "--json", extra="parallel_migrations = %d\n" % parallel)
+    result = run(c, "--once", "--json", extra="parallel_migrations = %d\nparallel_per_node = %d\n"
+                 % (parallel, parallel))
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.doc["migrations"]) >= 3
     assert in_flight(result.stderr) == parallel
