@@ -500,6 +500,8 @@ class ClusterPve(FakePve):
         self.request_counts = collections.Counter()
         self.wire = []                # every /api2/json request with its answer (_wire_entry)
         self.usage_log = []           # (time, {node: figures}) at every change (note_usage)
+        self.crm_timestamp = int(time.time())   # the CRM master's last round (_crm_clock)
+        self.ha_refuse = set()        # VMIDs whose next HA move the CRM ignores (refuse_ha)
         self.path_failures = []       # injected HTTP errors: dicts with method, regex, status, message, times
         self.task_failures = collections.defaultdict(collections.deque)  # vmid -> (message, exitstatus)
         self._background = set()      # running asyncio tasks we spawned
@@ -853,12 +855,13 @@ class ClusterPve(FakePve):
         await super().start(certfile, keyfile)
         if self.metrics_period:
             self._broadcasts = asyncio.ensure_future(self._pvestatd())
+        self._crm = asyncio.ensure_future(self._crm_clock())
 
     async def stop(self):
-        sampler = getattr(self, '_broadcasts', None)
-        if sampler is not None:
-            sampler.cancel()
-            await asyncio.gather(sampler, return_exceptions=True)
+        for loop_task in (getattr(self, '_broadcasts', None), getattr(self, '_crm', None)):
+            if loop_task is not None:
+                loop_task.cancel()
+                await asyncio.gather(loop_task, return_exceptions=True)
         for handle in list(self._timers):
             handle.cancel()
         self._timers.clear()
@@ -909,6 +912,15 @@ class ClusterPve(FakePve):
         for g in self.all_guests():
             if g.node == node:
                 self.samples[('guest', g.vmid)] = self._live_guest(g)
+
+    async def _crm_clock(self):
+        """The CRM master's rounds (pve-ha-manager src/PVE/HA/Manager.pm `manage`, one about
+        every 10 s; here every ha_delay_real seconds): manager_status carries the time of the
+        last one. Queued commands are handled by queue_ha_move's own round."""
+        while True:
+            if self.quorate:
+                self.crm_timestamp = int(time.time())
+            await asyncio.sleep(max(self.ha_delay_real, 0.05))
 
     async def _pvestatd(self):
         """Every node broadcasts once per metrics_period, the nodes spread over the period."""
@@ -1203,6 +1215,11 @@ class ClusterPve(FakePve):
                 self.later(self.ha_delay_real, crm_round)
                 return
             if not g.ha_managed:
+                return
+            if g.vmid in self.ha_refuse:
+                self.ha_refuse.discard(g.vmid)
+                self.crm_log.append("{0}: ignore crm command - service '{1}' may not run on '{2}'".format(
+                    _stamp(), sid, target))
                 return
             if target not in self.nodes or not self.node_online(target) or self.nodes[target].get(
                     'hastate') == 'maintenance':
@@ -2052,7 +2069,7 @@ class ClusterPve(FakePve):
         return data
 
     async def _ha_manager_status(self, v, user):
-        now = int(time.time())
+        now = self.crm_timestamp
         master = self._master()
         node_status = {n: ('unknown' if not self.node_online(n) else self.nodes[n].get('hastate') or 'online')
                        for n in sorted(self.nodes)}
@@ -2406,6 +2423,10 @@ class FakeCluster(object):
 
     def unlock(self, vmid):
         self._call(self.pve.set_lock, vmid, None)
+
+    def refuse_ha(self, vmid):
+        """The CRM ignores the next HA migration of this guest (as for a rule it breaks)."""
+        self._call(self.pve.ha_refuse.add, int(vmid))
 
     def set_ha_maintenance(self, node, on=True):
         """Enable (or disable) HA maintenance: HA guests are moved away (back) by the HA stack."""

@@ -1,6 +1,7 @@
 """The executor when migrations run long or crowd a node, end to end on the fake cluster."""
 
 import re
+import time
 
 import pytest
 
@@ -61,3 +62,21 @@ def test_a_migration_past_its_timeout_keeps_its_slot_until_proxmox_ends_it(clust
     assert tasks[0]["id"] == str(first["vmid"]) and tasks[0]["exitstatus"] == "OK"
     assert len(tasks) == 2
     assert tasks[1]["starttime"] >= tasks[0]["endtime"], "no second migration while the first ran"
+
+
+def test_an_ha_migration_the_ha_manager_refuses_fails_within_two_crm_rounds(cluster, run):
+    # The hamigrate task only queues the request and ends OK; the CRM then ignores it (a rule
+    # it breaks). PRS must not wait HA_SETTLE (15 minutes) to say so: two CRM rounds after the
+    # request (manager_status timestamp) with the guest still `started` on its source suffice.
+    scenario = {"nodes": [{"name": n, "maxcpu": 16, "maxmem_gib": 64, "base_mem_gib": 1} for n in ("pve1", "pve2")],
+                "guests": [{"vmid": 101, "node": "pve1", "maxmem_gib": 24, "mem_gib": 20, "memhost_gib": 20,
+                            "ha": True}, {"vmid": 102, "node": "pve1", "maxmem_gib": 4, "lock": "backup"}]}
+    c = cluster(scenario, ha_delay=0.3)
+    c.refuse_ha(101)
+    started = time.monotonic()
+    result = run(c, "--once", "--json")
+    assert time.monotonic() - started < 30
+    assert result.returncode == prs.EXIT_MIGRATION, result.stderr[-2000:]
+    [m] = result.doc["migrations"]
+    assert m["status"] == "failed" and "did not take up the request" in m["status_reason"]
+    assert c.placement()[101] == "pve1"
