@@ -546,6 +546,7 @@ def run_prs(fake, method, workdir, dry_run):
                  '[service]\ndaemon = 0\nstate_file = %s\n'
                  % (fake.port, USER, PASSWORD, fake.cafile, method, BALANCINESS,
                     os.path.join(fake.dir, 'state.json')))
+    os.chmod(conf, 0o600)
     cmd = [sys.executable, EXECUTABLE, '-c', conf, '--once', '--json'] + (['--dry-run'] if dry_run else [])
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)

@@ -20,6 +20,7 @@ api_pass = topsecret
 def write(tmp_path, text, name="prs.conf"):
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
+    path.chmod(0o600)            # it holds a secret: PRS warns about a wider mode
     return str(path)
 
 

@@ -32,6 +32,7 @@ class Runner:
                            + extra, daemon) if "[balancing]" not in extra else
                         "[proxmox]\napi_host = %s\n%sca_file = %s\ntimeout = 30\n%s\n" % (
                             c.host, proxmox, c.cafile, extra))
+        path.chmod(0o600)        # it holds a secret: PRS warns about a wider mode
         return str(path)
 
     def __call__(self, c, *args, extra="", proxmox=None, env=None, timeout=300):

@@ -1,11 +1,15 @@
 """The executor when migrations run long or crowd a node, end to end on the fake cluster."""
 
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from prsmodule import prs
+from prsmodule import EXECUTABLE, prs
 
 pytest.importorskip("fakepve")
 import test_e2e  # noqa: E402
@@ -80,3 +84,41 @@ def test_an_ha_migration_the_ha_manager_refuses_fails_within_two_crm_rounds(clus
     [m] = result.doc["migrations"]
     assert m["status"] == "failed" and "did not take up the request" in m["status_reason"]
     assert c.placement()[101] == "pve1"
+
+
+def test_check_names_every_host_the_cluster_and_what_is_missing(cluster, run, tmp_path):
+    c = cluster("small.json")
+    ok = run(c, "--check")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "%s: connected as root@pam" % c.host in ok.stdout
+    assert "Proxmox VE 9.2.3, cluster small: quorate, 3 nodes (3 online)" in ok.stdout
+    assert ok.stdout.strip().endswith(": OK") and not c.migrations
+    # A dead first host and a user without VM.Migrate: both named, exit 3, no secret shown.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = "127.0.0.1:%d" % s.getsockname()[1]
+    c.add_user("watcher@pve", "s3cr3t-pw")
+    c.grant("watcher@pve", "/", "Sys.Audit", "VM.Audit")
+    conf = run.conf(c, proxmox="api_user = watcher@pve\napi_pass = s3cr3t-pw\n")
+    text = open(conf).read().replace("api_host = %s" % c.host, "api_host = %s, %s" % (dead, c.host))
+    with open(conf, "w") as fh:
+        fh.write(text)
+    bad = subprocess.run([sys.executable, EXECUTABLE, "-c", conf, "--check"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == prs.EXIT_API, bad.stdout + bad.stderr
+    problems = [line for line in bad.stdout.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2, bad.stdout
+    assert dead in problems[0] and "unreachable" in problems[0]
+    assert "watcher@pve lacks VM.Migrate on /vms" in problems[1]
+    assert "s3cr3t-pw" not in bad.stdout + bad.stderr
+
+
+def test_a_config_with_a_secret_readable_by_others_is_warned_about(cluster, run):
+    c = cluster("small.json")
+    conf = run.conf(c)
+    os.chmod(conf, 0o644)
+    result = subprocess.run([sys.executable, EXECUTABLE, "-c", conf, "--dry-run"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if "chmod 600" in line]
+    assert len(warnings) == 1 and "readable by others (mode 0644)" in warnings[0]
