@@ -1,5 +1,6 @@
 """The executor when migrations run long or crowd a node, end to end on the fake cluster."""
 
+import json
 import os
 import re
 import socket
@@ -122,3 +123,27 @@ def test_a_config_with_a_secret_readable_by_others_is_warned_about(cluster, run)
     assert result.returncode == 0
     warnings = [line for line in result.stderr.splitlines() if "chmod 600" in line]
     assert len(warnings) == 1 and "readable by others (mode 0644)" in warnings[0]
+
+
+def test_a_source_node_dying_mid_migration_is_settled_at_once(cluster, run):
+    # The task runs on the source node; once it is down, pveproxy answers 595 for its task
+    # status. PRS reads /cluster/resources, sees the node offline and says so, instead of
+    # polling until migration_timeout (2 hours by default).
+    c = cluster("demo.json", time_scale=0.2)            # db-main (62 GiB) takes about 13 s
+    conf = run.conf(c)
+    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf, "--once", "--json"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not c.tasks("qmigrate") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.set_node_offline("pve1")
+        died = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - died < 30
+    assert proc.returncode == prs.EXIT_MIGRATION, err[-2000:]
+    first = json.loads(out)["migrations"][0]
+    assert first["status"] == "failed" and "source node pve1 went offline" in first["status_reason"]
