@@ -38,6 +38,13 @@ def state_directory(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def run(tmp_path):
+    """PRS as a user runs it, against a fake cluster: see test_e2e.Runner."""
+    from test_e2e import Runner
+    return Runner(tmp_path)
+
+
+@pytest.fixture
 def cluster():
     started = []
 

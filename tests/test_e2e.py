@@ -43,9 +43,16 @@ class Runner:
         return result
 
 
-@pytest.fixture
-def run(tmp_path):
-    return Runner(tmp_path)
+
+def one_shot_until_first_migration(c, conf):
+    """PRS as a one-shot subprocess (--once --json); returns it once its first migration
+    task runs on the fake cluster, for a test to interfere with the run."""
+    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf, "--once", "--json"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not c.tasks("qmigrate") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc
 
 
 def usage(c, nodes=None, key="mem", cap="maxmem"):
@@ -519,13 +526,8 @@ def test_an_api_without_the_migration_precheck_still_balances(cluster, run):
 
 def test_sigterm_during_a_run_starts_no_new_migration(cluster, run):
     c = cluster("demo.json", time_scale=0.2)     # the first migration (62 GiB) takes seconds
-    conf = run.conf(c)
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf, "--once", "--json"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = one_shot_until_first_migration(c, run.conf(c))
     try:
-        deadline = time.monotonic() + 60
-        while not c.tasks("qmigrate") and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert c.tasks("qmigrate"), "the first migration started"
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -17,21 +17,9 @@ from proxmoxer import ProxmoxAPI
 from prsmodule import EXECUTABLE, prs
 
 pytest.importorskip("fakepve")
-import test_e2e  # noqa: E402
+from test_real_proxmox import nodes, vm  # noqa: E402
 
 
-@pytest.fixture
-def run(tmp_path):
-    return test_e2e.Runner(tmp_path)
-
-
-def vm(vmid, node, gib, **kw):
-    return dict({"vmid": vmid, "node": node, "maxmem_gib": gib, "mem_gib": gib, "memhost_gib": gib,
-                 "maxcpu": 2, "cpu": 0.1}, **kw)
-
-
-def nodes(*names, gib=64):
-    return [{"name": n, "maxcpu": 16, "maxmem_gib": gib, "base_mem_gib": 1} for n in names]
 
 
 # pve1 carries 101 (12 GiB) and 102 (8 GiB, locked by a backup); moving 101 balances the

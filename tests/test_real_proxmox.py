@@ -5,13 +5,10 @@ proxmoxer."""
 
 import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
-from prsmodule import EXECUTABLE, prs
+from prsmodule import prs
 
 pytest.importorskip("fakepve")
 import test_e2e  # noqa: E402
@@ -20,10 +17,6 @@ from test_e2e import posts, spread, usage  # noqa: E402
 
 RELEASES = ("8.0", "8.4", "9.0", "9.2")
 
-
-@pytest.fixture
-def run(tmp_path):
-    return test_e2e.Runner(tmp_path)
 
 
 def vm(vmid, node, gib, **kw):
@@ -255,13 +248,8 @@ def test_online_follows_the_state_when_the_migration_starts(cluster, run):
     plan = run(c, "--dry-run", "--json").doc["migrations"]
     assert len(plan) >= 2 and plan[1]["running"]
     second = plan[1]["vmid"]
-    conf = run.conf(c)
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf, "--once", "--json"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = test_e2e.one_shot_until_first_migration(c, run.conf(c))
     try:
-        deadline = time.monotonic() + 60
-        while not c.tasks("qmigrate") and time.monotonic() < deadline:
-            time.sleep(0.02)
         c.set_status(second, "stopped")        # stopped while the first migration runs
         out, err = proc.communicate(timeout=120)
     finally:

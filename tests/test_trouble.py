@@ -17,10 +17,6 @@ import test_e2e  # noqa: E402
 from fakecluster import generate_scenario, load_scenario  # noqa: E402
 
 
-@pytest.fixture
-def run(tmp_path):
-    return test_e2e.Runner(tmp_path)
-
 
 MOVE = re.compile(r"(migrating|done:|failed:) \S+ \((\d+)\) ([^\s:]+) -> ([^\s:]+)")
 
@@ -130,13 +126,8 @@ def test_a_source_node_dying_mid_migration_is_settled_at_once(cluster, run):
     # status. PRS reads /cluster/resources, sees the node offline and says so, instead of
     # polling until migration_timeout (2 hours by default).
     c = cluster("demo.json", time_scale=0.2)            # db-main (62 GiB) takes about 13 s
-    conf = run.conf(c)
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf, "--once", "--json"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = test_e2e.one_shot_until_first_migration(c, run.conf(c))
     try:
-        deadline = time.monotonic() + 60
-        while not c.tasks("qmigrate") and time.monotonic() < deadline:
-            time.sleep(0.05)
         c.set_node_offline("pve1")
         died = time.monotonic()
         out, err = proc.communicate(timeout=120)
