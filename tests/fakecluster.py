@@ -76,6 +76,9 @@ PVE_REPOID = 'c4fd3b2a'
 # asks ClusterPve.since(release) and names the source of the difference.
 RELEASES = {'8.0': '8.0.4', '8.4': '8.4.1', '9.0': '9.0.10', '9.2': '9.2.3'}
 DEFAULT_RELEASE = '9.2'
+# Not HTTP statuses: fault kinds for FakeCluster.fail (see there).
+HANG = -1
+DROP = -2
 
 # Migration timing in PVE seconds (multiplied by time_scale for wall time). Rough figures of
 # a 10 GbE migration network: RAM copied at ~1 GiB/s, local disks mirrored at ~0.5 GiB/s.
@@ -945,7 +948,8 @@ class ClusterPve(FakePve):
         """
         upid, pid, start = self._upid(node, ttype, tid, user)
         record = {'upid': upid, 'node': node, 'pid': pid, 'pstart': pid * 7, 'starttime': start, 'type': ttype,
-                  'id': str(tid), 'user': user, 'status': 'running', 'log': []}
+                  'id': str(tid), 'user': user, 'status': 'running', 'log': [],
+                  '_began': time.monotonic()}  # for tests: exact overlaps (never served)
         self.tasks[upid] = record
         self.tasklog.append(record)
 
@@ -977,6 +981,7 @@ class ClusterPve(FakePve):
             record['status'] = 'stopped'
             record['exitstatus'] = status
             record['endtime'] = int(time.time())
+            record['_ended'] = time.monotonic()
             record['log'].append('TASK OK' if status == 'OK' else 'TASK ERROR: ' + status)
 
         if self.time_scale:
@@ -1415,6 +1420,14 @@ class ClusterPve(FakePve):
                     rule['times'] -= 1
                     if rule['times'] <= 0:
                         self.path_failures.remove(rule)
+                if rule['status'] == HANG:
+                    # A node or proxy that stops answering: the client's timeout has to end it.
+                    await asyncio.sleep(float(rule['message']))
+                    break
+                if rule['status'] == DROP:
+                    # The connection breaks before an answer (a restarted pveproxy, a network cut).
+                    request.transport.close()
+                    return web.Response(status=500)
                 if rule['status'] >= 595:
                     # pveproxy's forwarding errors: empty body, the socket error as reason.
                     return web.Response(status=rule['status'], reason=rule['message'])
@@ -1739,17 +1752,42 @@ class ClusterPve(FakePve):
         numbered = [{'n': n + 1, 't': t} for n, t in enumerate(lines)][start:]
         return web.json_response({'data': numbered if limit == 0 else numbered[:limit]})
 
+    def _task_view(self, task, listing=False):
+        """fakepve's view, without the fake's own bookkeeping (keys starting with _)."""
+        return {k: v for k, v in super()._task_view(task, listing).items() if not k.startswith('_')}
+
+    async def _pool_read(self, v, user):
+        """pve-manager PVE/API2/Pool.pm `read_pool`: since 8.1 (commit 4448f8d3, nested pools)
+        the first item of `index`, with poolid; before that its own answer without it."""
+        data = await super()._pool_read(v, user)
+        if not self.since('8.1'):
+            data.pop('poolid', None)
+        return data
+
     async def _cluster_tasks(self, v, user):
+        """What every node broadcasts: its running tasks and its 25 latest finished ones
+        (pve-common src/PVE/RESTEnvironment.pm `active_workers`, MAX_FINISHED; pvestatd
+        `update_status` broadcasts it, pve-cluster src/PVE/Cluster.pm `get_tasklist` joins
+        the nodes' lists). pve-manager PVE/API2/Cluster.pm `tasks`: all tasks with Sys.Audit
+        on /, else the caller's own (compared after the split); a token's task shows `user`
+        and `tokenid` apart. Finished tasks have no pid or pstart (`active_workers` drops them)."""
         audit = self.allowed(user, '/', 'Sys.Audit')
         out = []
-        for t in self.tasklog[-200:]:
-            if not (audit or self._task_owner(user, t)):
-                continue
-            item = {k: t[k] for k in ('upid', 'node', 'pid', 'pstart', 'starttime', 'type', 'id', 'user')}
-            if t['status'] == 'stopped':
-                item.update(endtime=t.get('endtime'), status=t.get('exitstatus'))
-            out.append(item)
-        return sorted(out, key=lambda t: -t['starttime'])
+        for node in sorted(self.nodes):
+            mine = [t for t in self.tasklog if t['node'] == node]
+            running = [t for t in mine if t['status'] != 'stopped']
+            finished = sorted((t for t in mine if t['status'] == 'stopped'), key=lambda t: -t['starttime'])
+            for t in running + finished[:max(0, 25 - len(running))]:
+                item = {k: t[k] for k in ('upid', 'node', 'starttime', 'type', 'id', 'user')}
+                if t['status'] == 'stopped':
+                    item.update(endtime=t.get('endtime'), status=t.get('exitstatus'))
+                else:
+                    item.update(pid=t['pid'])
+                if '!' in item['user']:
+                    item['user'], item['tokenid'] = item['user'].split('!', 1)
+                if audit or item['user'] == user:
+                    out.append(item)
+        return out
 
     # --- qemu migrate ---
 
@@ -2362,6 +2400,27 @@ class FakeCluster(object):
         """Task records (upid, node, type, id, user, status, exitstatus, log), oldest first."""
         return self._call(lambda: [copy.deepcopy(t) for t in self.pve.tasklog if ttype in (None, t['type'])])
 
+    def pool_comment(self, poolid):
+        """The comment of a resource pool, "" without one, None if there is no such pool."""
+        def read():
+            if poolid not in self.pve.pools:
+                return None
+            return self.pve.pool_info.get(poolid, {}).get('comment') or ''
+        return self._call(read)
+
+    def set_pool(self, poolid, comment):
+        """Create (or re-comment) a resource pool, as another client would."""
+        def apply():
+            self.pve.pools.setdefault(poolid, set())
+            self.pve.pool_info.setdefault(poolid, {'comment': None, 'storage': set()})['comment'] = comment
+        self._call(apply)
+
+    def drop_pool(self, poolid):
+        def apply():
+            self.pve.pools.pop(poolid, None)
+            self.pve.pool_info.pop(poolid, None)
+        self._call(apply)
+
     def task_log(self, upid):
         return self._call(lambda: list(self.pve.tasks[upid]['log']))
 
@@ -2398,7 +2457,8 @@ class FakeCluster(object):
 
     def fail(self, method, path_regex, status, message, times=1):
         """Answer requests (method or '*', path regex searched in the path without /api2/json) with an
-        HTTP error; times=None fails every one. 595-599 get an empty body, as pveproxy sends."""
+        HTTP error; times=None fails every one. 595-599 get an empty body, as pveproxy sends.
+        status HANG: answer only after `message` seconds; DROP: close the connection unanswered."""
         self._call(self.pve.add_path_failure, method, path_regex, status, message, times)
 
     def fail_task(self, vmid, message, exitstatus='migration aborted'):

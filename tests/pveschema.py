@@ -26,8 +26,9 @@ How the rules follow Proxmox (none of its code is copied; citations name file an
   and `rest_handler` (merges the path's parameters in, refusing one given twice).
 
 Supplementary descriptions, tests/pveschema-extra/<version>.json: the extracts describe
-28 endpoints at most, and PRS calls three more (GET /cluster/replication, GET
-/access/permissions, GET /nodes/{node}/lxc/{vmid}/config). They were taken once, by hand, from pve-docs
+28 endpoints at most, and PRS calls more (GET /cluster/replication, GET
+/access/permissions, GET /nodes/{node}/lxc/{vmid}/config, and for its run lock POST /pools
+and GET, PUT, DELETE /pools/{poolid}). They were taken once, by hand, from pve-docs
 `api-viewer/apidata.js` at the commit in each file's `meta` (the README's commit for that
 version; for 9.2, which has none, the newest pve-docs master commit, whose schema is 9.1.3's):
 walk the JavaScript array's nested nodes (`path`, `info` per method, `children`), keep each

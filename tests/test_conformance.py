@@ -49,7 +49,10 @@ SCHEMA_HOLES = {
         "referenced_in_snapshot", "referenced_in_pending", "referenced_in_config", "unavailable-resources"},
     # pve-manager PVE/API2/Cluster.pm `get_tasks`: the schema declares only upid.
     ("GET", "/cluster/tasks"): {"node", "pid", "pstart", "starttime", "type", "id", "user", "endtime",
-                                "status", "saved"},
+                                "status", "saved", "tokenid"},
+    # pve-manager PVE/API2/Pool.pm `read_pool` returns `index`'s first item since 8.1, with
+    # poolid, which its own return schema does not declare.
+    ("GET", "/pools/{poolid}"): {"poolid"},
     # POST /access/ticket: pve-access-control AccessControl.pm `create_ticket` adds `cap`.
     ("POST", "/access/ticket"): {"cap"},
     # pve-manager PVE/API2/Cluster.pm `resources` has returned these guest and storage fields

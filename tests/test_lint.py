@@ -47,5 +47,6 @@ def test_chapters_in_reading_order():
                if set(lines[i]) == {"#"} and len(lines[i]) > 40 and lines[i + 1].startswith("# ")]
     names = [b.split(":")[0] for b in banners]
     assert names == ["Imports", "Constants and exit codes", "Errors", "Data model", "Configuration",
-                     "Planning core", "State across runs", "Proxmox adapter", "Executor", "Reports", "Service",
+                     "Planning core", "State across runs", "Proxmox adapter", "One instance per cluster",
+                     "Executor", "Reports", "Service",
                      "Command line"], names

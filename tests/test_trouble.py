@@ -104,9 +104,18 @@ def test_check_names_every_host_the_cluster_and_what_is_missing(cluster, run, tm
                          timeout=120)
     assert bad.returncode == prs.EXIT_API, bad.stdout + bad.stderr
     problems = [line for line in bad.stdout.splitlines() if line.startswith("problem: ")]
-    assert len(problems) == 2, bad.stdout
+    assert len(problems) == 4, bad.stdout
     assert dead in problems[0] and "unreachable" in problems[0]
     assert "watcher@pve lacks VM.Migrate on /vms" in problems[1]
+    assert "lacks Pool.Allocate on /pool/prs-lock" in problems[2] and "Pool.Audit" in problems[3]
+    # The run lock's pool granted (and cluster_lock named): only the migration privilege is missing.
+    c.grant("watcher@pve", "/pool/rebalancer", "Pool.Allocate", "Pool.Audit")
+    with open(conf, "a") as fh:
+        fh.write("cluster_lock = rebalancer\n")      # the file ends in its [service] section
+    bad = subprocess.run([sys.executable, EXECUTABLE, "-c", conf, "--check"], capture_output=True, text=True,
+                         timeout=120)
+    problems = [line for line in bad.stdout.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2 and "VM.Migrate" in problems[1], bad.stdout + bad.stderr
     assert "s3cr3t-pw" not in bad.stdout + bad.stderr
 
 
