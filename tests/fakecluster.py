@@ -76,6 +76,7 @@ PVE_REPOID = 'c4fd3b2a'
 # asks ClusterPve.since(release) and names the source of the difference.
 RELEASES = {'8.0': '8.0.4', '8.4': '8.4.1', '9.0': '9.0.10', '9.2': '9.2.3'}
 DEFAULT_RELEASE = '9.2'
+AUTH_REFUSED = web.RequestKey('auth_refused', str) if hasattr(web, 'RequestKey') else 'auth_refused'
 # Not HTTP statuses: fault kinds for FakeCluster.fail (see there).
 HANG = -1
 DROP = -2
@@ -1434,8 +1435,32 @@ class ClusterPve(FakePve):
                 return pve_error_response(rule['status'], rule['message'])
         return await super()._answer(request, handler, generic, path_node)
 
+    def _authenticate(self, request):
+        """fakepve's check; a refusal is marked for _login_required."""
+        try:
+            return super()._authenticate(request)
+        except PveError as e:
+            request[AUTH_REFUSED] = e.message
+            raise
+
+    @web.middleware
+    async def _login_required(self, request, handler):
+        """pve-http-server src/PVE/APIServer/AnyEvent.pm `handle_request`: a request that
+        `auth_handler` refuses (no ticket, a bad ticket or token, a missing CSRF token) is
+        answered after a 3 s delay (scaled by time_scale here) with 401, the reason as
+        the status line and no body, since JSON has no login formatter (only
+        Formatter/HTML.pm registers one). A wrong password at POST /access/ticket is the
+        API method's own 401 (JSON, as fakepve gives it)."""
+        response = await handler(request)
+        refused = request.get(AUTH_REFUSED)
+        if refused is None or response.status != 401:
+            return response
+        await asyncio.sleep(3.0 * self.time_scale)
+        return web.Response(status=401, reason=refused.strip().splitlines()[0])
+
     def _build_app(self):
         app = super()._build_app()
+        app.middlewares.insert(0, self._login_required)
         app.router.add_get('/_fake/state', self._fake_state)
         app.router.add_post('/_fake/reset-requests', self._fake_reset)
         app.router.add_post('/_fake/control', self._fake_control)

@@ -31,3 +31,31 @@ def test_exit_codes_are_documented_alike():
         assert re.search(r"^\| %d \|" % code, readme, re.M)
         assert ".B %d\n" % code in man
         assert re.search(r"^  %d " % code, prs.EXIT_CODES_HELP, re.M)
+
+
+def _code_text(doc, code):
+    """What one document says about one exit code."""
+    if doc == "help":
+        m = re.search(r"^  %d +(.*?)(?=^  \d|\Z)" % code, prs.EXIT_CODES_HELP, re.M | re.S)
+    elif doc == "readme":
+        m = re.search(r"^\| %d \| (.*)$" % code, read("README.md"), re.M)
+    else:
+        man = read("debian", "proxmox-rebalancing-service.8")
+        m = re.search(r"^\.B %d\n(.*?)(?=^\.TP|^\.SH)" % code, man, re.M | re.S)
+    assert m, (doc, code)
+    text = re.sub(r"\\-|\\", lambda x: "-" if x.group() == "\\-" else "", m.group(1))
+    return text.replace("\n", " ").lower()
+
+
+# What --help, README and man page must all say (found when a drain dry run exited 5
+# while the README promised 0 for dry runs, and "no API call" was promised for exit 2).
+FACTS = {0: ("dry run",), 2: ("nothing was migrated", "--drain"), 5: ("dry-run", "guests")}
+
+
+@pytest.mark.parametrize("code", sorted(FACTS))
+def test_exit_codes_say_the_same_everywhere(code):
+    for doc in ("help", "readme", "man"):
+        text = _code_text(doc, code)
+        for fact in FACTS[code]:
+            assert fact in text, (doc, code, fact, text)
+    assert "no api call" not in _code_text("readme", 2) + _code_text("help", 2)
