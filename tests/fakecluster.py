@@ -470,6 +470,25 @@ def _duration(secs):
     return '{0:02d}:{1:02d}:{2:02d}'.format(secs // 3600, secs // 60 % 60, secs % 60)
 
 
+def _render_bytes(value):
+    """pve-common src/PVE/Format.pm `render_bytes` with precision 1."""
+    units, unit = ('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'), 0
+    if value > 1023:
+        unit = int(math.log(value) / math.log(1024))
+        value /= 1024 ** unit
+    return '{0:.1f} {1}'.format(value, units[unit])
+
+
+def _render_duration(secs):
+    """pve-common src/PVE/Format.pm `render_duration` (up to days)."""
+    rest, text = int(round(secs)), []
+    for unit, length in (('d', 86400), ('h', 3600), ('m', 60), ('s', 1)):
+        if rest // length:
+            text.append('{0}{1}'.format(rest // length, unit))
+            rest %= length
+    return ' '.join(text) or '0s'
+
+
 def _stamp():
     return time.strftime('%Y-%m-%d %H:%M:%S')
 
@@ -998,6 +1017,35 @@ class ClusterPve(FakePve):
                                 'kind': kind, 'params': dict(params), 'upid': upid, 'duration': secs,
                                 'time': time.time()})
 
+    async def _live_copy(self, g, secs, write):
+        """A live migration's progress lines, one per PVE second, as qemu-server writes them:
+        first each local disk's mirror, printed without a timestamp by src/PVE/QemuServer/
+        BlockJob.pm `qemu_drive_mirror_monitor` ("drive-scsi0: transferred 1.0 GiB of 32.0 GiB
+        (3.12%) in 5s"), then the RAM, logged by src/PVE/QemuMigrate.pm `phase2` while
+        query-migrate reports it active ("migration active, transferred 1.2 GiB of 8.0 GiB
+        VM-state, 1.0 GiB/s"); sizes by pve-common src/PVE/Format.pm `render_bytes` (precision
+        1), durations by its `render_duration`."""
+        await self.pause(MIGRATION_BASE_SECS)
+        for v in (v for v in self.local_volumes(g) if not v['cdrom']):
+            total, rate = max(v['size'], 1), GiB / MIGRATION_SECS_PER_DISK_GIB
+            drive = 'drive-' + v['key']
+            for t in range(1, int(math.ceil(total / rate)) + 1):
+                await self.pause(1)
+                done = min(total, rate * t)
+                write('{0}: transferred {1} of {2} ({3:.2f}%) in {4}'.format(
+                    drive, _render_bytes(done), _render_bytes(total), done * 100.0 / total, _render_duration(t)),
+                    stamp=False)
+            write('{0}: transferred {1} of {1} (100.00%) in {2}, ready'.format(
+                drive, _render_bytes(total), _render_duration(int(math.ceil(total / rate)))), stamp=False)
+        if self.local_volumes(g):
+            write("all 'mirror' jobs are ready", stamp=False)
+        used, total = g.usage['memhost'], self.guest_maxmem(g)
+        rate = GiB / MIGRATION_SECS_PER_MEM_GIB
+        for t in range(1, int(math.ceil(used / rate)) + 1):
+            await self.pause(1)
+            write('migration active, transferred {0} of {1} VM-state, {2}/s'.format(
+                _render_bytes(min(used, rate * t)), _render_bytes(total), _render_bytes(rate)))
+
     def _migration_secs(self, g, running, copy_local):
         secs = MIGRATION_BASE_SECS
         if running and self.kind(g) == 'qemu':
@@ -1104,7 +1152,10 @@ class ClusterPve(FakePve):
                         write('starting online/live migration on unix:/run/qemu-server/{0}.migrate'.format(g.vmid))
                     elif self.local_volumes(g):
                         write('copying local disk images')
-                    await self.pause(secs)
+                    if qemu and running:
+                        await self._live_copy(g, secs, write)
+                    else:
+                        await self.pause(secs)
                     elapsed += secs
                     self._move_guest(g, target, smap)
                     if qemu and running:

@@ -13,6 +13,14 @@ need_python_venv() {
     fi
 }
 
+need_debian_tool() {   # need_debian_tool COMMAND [PACKAGE]: install it from Debian if missing
+    if ! command -v "$1" >/dev/null; then
+        echo "installing ${2:-$1} from Debian" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${2:-$1}" >/dev/null
+    fi
+}
+
 pip_quiet() {   # pip, without the per-package notes of this machine's local mirrors
     "$@" 2> >(grep -v '^WARNING: Location' >&2)
 }

@@ -212,3 +212,14 @@ def test_a_value_out_of_range_is_told_in_the_unit_the_admin_wrote(tmp_path, extr
     with pytest.raises(prs.ConfigError) as err:
         prs.load_config(write(tmp_path, text))
     assert message in str(err.value)
+
+
+def test_check_config_warns_when_proxmoxer_is_missing(tmp_path):
+    """A Python without proxmoxer (-I -S: no site-packages at all) still validates the file,
+    and says what it lacks."""
+    result = subprocess.run([sys.executable, "-I", "-S", EXECUTABLE, "-c", write(tmp_path, GOOD),
+                             "--check-config"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stderr
+    assert "has no proxmoxer: install it (apt install python3-proxmoxer" in result.stderr
+    ok = run("-c", write(tmp_path, GOOD), "--check-config")
+    assert "proxmoxer" not in ok.stderr

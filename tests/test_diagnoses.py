@@ -133,3 +133,38 @@ def test_the_plan_marks_ha_guests_and_names_the_nodes_left_out_of_the_spread(clu
     assert all("[HA]" in lines[v] for v in ha) and not any("[HA]" in lines[v] for v in plain)
     [spread] = [x for x in text.stdout.splitlines() if x.strip().startswith("spread ")]
     assert spread.endswith(", without pve1 (drained)"), spread
+
+
+def test_a_long_migration_reports_its_progress_every_30_seconds(cluster, run, tmp_path):
+    """db-main (62 GiB in use): at time_scale 0.6 its live migration takes about 38 s."""
+    import os
+    import subprocess as sp
+    from test_e2e import Notify
+    c = cluster("demo.json", time_scale=0.6)
+    conf = run.conf(c, "max_migrations = 1\n", daemon=1)
+    notify = Notify(tmp_path / "notify.sock")
+    proc = sp.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=sp.PIPE, stderr=sp.PIPE,
+                    env=dict(os.environ, NOTIFY_SOCKET=notify.path))
+    try:
+        assert notify.read_until("STATUS=next run", timeout=120), notify.messages
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    [line] = [x for x in err.splitlines() if "migrating db-main (101) pve1 -> " in x and "memory" in x]
+    m = re.search(r"memory ([\d.]+) GiB of 64\.0 GiB at 1\.0 GiB/s, about (\d+) s left", line)
+    assert m, line
+    assert 30 <= float(m.group(1)) <= 60 and int(m.group(2)) == 64 - int(float(m.group(1)))
+    status = [x for x in notify.messages if x.startswith("STATUS=migrating db-main (101)")]
+    assert status and "memory" in status[0]
+
+
+def test_progress_lines_of_a_disk_mirror_and_of_memory_are_read_as_qemu_server_writes_them():
+    lines = ["drive-scsi0: transferred 8.0 GiB of 32.0 GiB (25.00%) in 16s"]
+    assert prs.migration_progress(lines) == \
+        "local disk scsi0: 8.0 GiB of 32.0 GiB (25%), about 48 s left for this disk"
+    lines.append("2026-11-30 10:00:00 migration active, transferred 1.5 GiB of 8.0 GiB VM-state, 512.0 MiB/s")
+    assert prs.migration_progress(lines) == "memory 1.5 GiB of 8.0 GiB at 512.0 MiB/s, about 13 s left"
+    assert prs.migration_progress(["starting migration of VM 101 to node 'pve2'"]) == ""
