@@ -59,3 +59,24 @@ def test_exit_codes_say_the_same_everywhere(code):
         for fact in FACTS[code]:
             assert fact in text, (doc, code, fact, text)
     assert "no api call" not in _code_text("readme", 2) + _code_text("help", 2)
+
+
+def test_the_quick_start_output_is_what_the_demo_prints(cluster, run):
+    """Every line the README quotes from tests/demo, as PRS prints it today (times, ports and
+    durations aside)."""
+    pytest.importorskip("fakepve")
+    readme = read("README.md")
+    block = readme.split("`tests/demo` prints:", 1)[1].split("```", 2)[1]
+    c = cluster("demo.json")
+    result = run(c, "--once")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def norm(line):
+        line = re.sub(r"^\d\d:\d\d:\d\d ", "", line.rstrip())
+        line = re.sub(r"127\.0\.0\.1:\d+", "HOST", line)
+        return re.sub(r"in \d+\.\d s$", "in N s", line)
+    printed = {norm(x) for x in (result.stdout + result.stderr).splitlines()}
+    quoted = [norm(x) for x in block.strip().splitlines() if x.strip() not in ("", "...")]
+    assert len(quoted) > 10
+    missing = [x for x in quoted if x not in printed]
+    assert not missing, missing

@@ -110,7 +110,7 @@ def test_a_dropped_connection_on_a_migration_request_fails_that_migration_only(c
 
 def test_a_revoked_ticket_is_replaced_mid_run(cluster, run):
     c = cluster("demo.json", time_scale=0.05)
-    proc = test_e2e.one_shot_until_first_migration(c, run.conf(c))
+    proc = test_e2e.one_shot_until_first_migration(c, run.conf(c, "max_migrations = 3\n"))
     try:
         c.revoke_tickets()
         out, err = proc.communicate(timeout=120)
@@ -129,7 +129,7 @@ def test_a_target_going_offline_mid_run_receives_nothing(cluster, run):
     later = {m["target"] for m in plan[1:]} - {plan[0]["target"], plan[0]["source"]}
     assert later, "the plan sends guests to a node the first migration does not touch"
     gone = sorted(later)[0]
-    proc = test_e2e.one_shot_until_first_migration(c, run.conf(c))
+    proc = test_e2e.one_shot_until_first_migration(c, run.conf(c, "max_migrations = %d\n" % len(plan)))
     try:
         c.set_node_offline(gone)
         out, err = proc.communicate(timeout=180)

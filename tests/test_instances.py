@@ -160,7 +160,7 @@ def test_cluster_lock_off_sends_no_pool_request(cluster, run):
 def test_migrations_started_with_prs_credentials_hold_a_run_until_they_end(cluster, run):
     """An instance died with its lock (now expired) while its migration goes on in Proxmox:
     the next run waits for that migration instead of planning on a cluster in flux."""
-    c = cluster("demo.json", time_scale=0.1)
+    c = cluster("demo.json", time_scale=0.05)
     c.set_pool(POOL, lease("pve9-4242-abcdef", time.time() - 60))
     api = ProxmoxAPI(c.host, user=c.user, password=c.password, verify_ssl=c.cafile)
     upid = api.nodes("pve1").qemu(102).migrate.post(target="pve4", online=1)     # 32 GiB: seconds
