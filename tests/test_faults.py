@@ -190,3 +190,19 @@ def test_a_ticket_that_expired_while_the_daemon_waited_is_replaced(cluster, run,
     err = proc.stderr.read()
     assert c.migrations and "Traceback" not in err
     assert len([r for r in c.requests if r == ("POST", "/access/ticket")]) >= 2
+
+
+def test_an_api_without_pools_task_list_or_version_still_gets_balanced(cluster, run):
+    """Not Proxmox as shipped (a proxy that filters paths, another implementation): the lock,
+    the task list and the version line are extras; the run goes on without them, saying so."""
+    c = cluster("demo.json")
+    c.fail("POST", r"^/pools$", 501, "Method 'POST /pools' not implemented", times=None)
+    c.fail("GET", r"^/cluster/tasks$", 404, "Not Found", times=None)
+    c.fail("GET", r"^/version$", 501, "Method 'GET /version' not implemented", times=None)
+    result = run(c, "--once", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [x for x in result.stderr.splitlines() if "WARNING" in x]
+    assert any("POST /pools with HTTP 501; running without the cluster-wide run lock" in x for x in warnings)
+    assert any("GET /cluster/tasks: HTTP 404" in x for x in warnings)
+    assert "Proxmox VE (version unknown)" in result.stderr
+    assert result.doc["migrations"] and c.migrations
