@@ -153,11 +153,11 @@ def test_a_long_migration_reports_its_progress_every_30_seconds(cluster, run, tm
         if proc.poll() is None:
             proc.kill()
     err = proc.stderr.read()
-    [line] = [x for x in err.splitlines() if "migrating db-main (101) pve1 -> " in x and "memory" in x]
+    [line] = [x for x in err.splitlines() if "in progress: db-main (101) pve1 -> " in x]
     m = re.search(r"memory ([\d.]+) GiB of 64\.0 GiB at 1\.0 GiB/s, about (\d+) s left", line)
     assert m, line
     assert 30 <= float(m.group(1)) <= 60 and int(m.group(2)) == 64 - int(float(m.group(1)))
-    status = [x for x in notify.messages if x.startswith("STATUS=migrating db-main (101)")]
+    status = [x for x in notify.messages if x.startswith("STATUS=in progress: db-main (101)")]
     assert status and "memory" in status[0]
 
 

@@ -146,7 +146,7 @@ def test_without_the_pool_privilege_prs_warns_and_runs_without_the_lock(cluster,
     result = run(c, "--once", proxmox="api_user = prs@pve\napi_pass = pw-for-prs\n")
     assert result.returncode == 0, result.stderr[-2000:]
     [line] = [x for x in result.stderr.splitlines() if "cluster_lock" in x]
-    assert "WARNING" in line and "grant Pool.Allocate and Pool.Audit on /pool/prs-lock" in line
+    assert "WARNING" in line and "grant Pool.Allocate and Pool.Audit on /pool (not /pool/prs-lock" in line
     assert c.migrations and c.pool_comment(POOL) is None
 
 
