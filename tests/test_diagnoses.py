@@ -137,21 +137,11 @@ def test_the_plan_marks_ha_guests_and_names_the_nodes_left_out_of_the_spread(clu
 
 def test_a_long_migration_reports_its_progress_every_30_seconds(cluster, run, tmp_path):
     """db-main (62 GiB in use): at time_scale 0.6 its live migration takes about 38 s."""
-    import os
-    import subprocess as sp
-    from test_e2e import Notify
+    from test_e2e import daemon, stop
     c = cluster("demo.json", time_scale=0.6)
-    conf = run.conf(c, "max_migrations = 1\n", daemon=1)
-    notify = Notify(tmp_path / "notify.sock")
-    proc = sp.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=sp.PIPE, stderr=sp.PIPE,
-                    env=dict(os.environ, NOTIFY_SOCKET=notify.path))
-    try:
+    with daemon(run.conf(c, "max_migrations = 1\n", daemon=1), tmp_path) as (proc, notify):
         assert notify.read_until("STATUS=next run", timeout=120), notify.messages
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     err = proc.stderr.read()
     [line] = [x for x in err.splitlines() if "in progress: db-main (101) pve1 -> " in x]
     m = re.search(r"memory ([\d.]+) GiB of 64\.0 GiB at 1\.0 GiB/s, about (\d+) s left", line)

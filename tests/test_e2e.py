@@ -2,6 +2,7 @@
 certificate, through proxmoxer (whichever version this venv has), against the fake
 cluster of tests/fakecluster.py."""
 
+import contextlib
 import json
 import os
 import signal
@@ -53,6 +54,27 @@ def one_shot_until_first_migration(c, conf):
     while not c.tasks("qmigrate") and time.monotonic() < deadline:
         time.sleep(0.02)
     return proc
+
+
+@contextlib.contextmanager
+def daemon(conf, tmp_path, name="notify", env=None):
+    """PRS as the daemon, telling a Notify socket what it tells systemd: yields (process,
+    notify); a process a test left running is killed afterwards."""
+    notify = Notify(tmp_path / ("%s.sock" % name))
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path, **(env or {}))
+    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        yield proc, notify
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def stop(proc, within=20):
+    """SIGTERM ends the daemon with exit code 0 within `within` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=within) == 0
 
 
 def usage(c, nodes=None, key="mem", cap="maxmem"):
@@ -418,21 +440,12 @@ def test_daemon_notifies_reloads_keeps_old_config_and_stops_at_once(cluster, run
 def test_daemon_survives_an_api_outage(cluster, run, tmp_path):
     c = cluster("small.json")
     c.lose_quorum()
-    conf = run.conf(c, "", daemon=1)
-    notify = Notify(tmp_path / "notify.sock")
-    env = dict(os.environ, NOTIFY_SOCKET=notify.path)
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with daemon(run.conf(c, "", daemon=1), tmp_path) as (proc, notify):
         assert notify.read_until("STATUS=next run"), notify.messages
         status = [m for m in notify.messages if m.startswith("STATUS=next run")][-1]
         assert "failed: cluster has no quorum" in status
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc, within=10)
     assert "next try in 15 minutes" in proc.stderr.read()
 
 

@@ -11,8 +11,6 @@ test_memory), overdue and orphaned migrations (test_trouble), state file trouble
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -174,19 +172,12 @@ def test_a_ticket_that_expired_while_the_daemon_waited_is_replaced(cluster, run,
     c.ticket_ttl = 2
     c.lose_quorum()                    # the first run fails; the daemon waits retry_minutes (6 s)
     conf = run.conf(c, "[balancing]\n[service]\ndaemon = 1\nretry_minutes = 0.1\n")
-    notify = test_e2e.Notify(tmp_path / "notify.sock")
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, NOTIFY_SOCKET=notify.path))
-    try:
+    with test_e2e.daemon(conf, tmp_path) as (proc, notify):
         assert notify.read_until("STATUS=next run"), notify.messages
         c.restore_quorum()
         assert notify.read_until("migrations, spread", timeout=120), notify.messages
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        test_e2e.stop(proc)
     err = proc.stderr.read()
     assert c.migrations and "Traceback" not in err
     assert len([r for r in c.requests if r == ("POST", "/access/ticket")]) >= 2

@@ -5,7 +5,6 @@ real fake-cluster state (fakepve's /pools, pve-manager PVE/API2/Pool.pm semantic
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from prsmodule import EXECUTABLE, prs
 
 pytest.importorskip("fakepve")
 from fakecluster import generate_scenario  # noqa: E402
-from test_e2e import Notify, spread, usage  # noqa: E402
+from test_e2e import daemon, spread, stop, usage  # noqa: E402
 
 POOL = "prs-lock"
 
@@ -38,21 +37,17 @@ def overlaps(tasks):
     return most
 
 
-def start_daemon(conf, tmp_path, name):
-    notify = Notify(tmp_path / ("%s.sock" % name))
-    env = dict(os.environ, NOTIFY_SOCKET=notify.path, STATE_DIRECTORY=str(tmp_path / name))
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return proc, notify
+def instance(conf, tmp_path, name):
+    """A PRS daemon with a state directory of its own, as on its own node."""
+    return daemon(conf, tmp_path, name, env={"STATE_DIRECTORY": str(tmp_path / name)})
 
 
 def test_two_daemons_on_one_cluster_take_turns(cluster, run, tmp_path):
     c = cluster(generate_scenario(9, nodes=6, guests=60, ha=0, local_disk=0), time_scale=0.05)
     extra = "parallel_migrations = 2\n[service]\ndaemon = 1\nretry_minutes = 0.1\n"
     conf = run.conf(c, "[balancing]\n" + extra)
-    a, b = start_daemon(conf, tmp_path, "a"), start_daemon(conf, tmp_path, "b")
-    procs = [a[0], b[0]]
-    try:
+    with instance(conf, tmp_path, "a") as a, instance(conf, tmp_path, "b") as b:
+        procs = [a[0], b[0]]
         # Both ran; the one that found the lock held skipped, and ran again 6 s later.
         deadline = time.monotonic() + 120
         while sum(m.startswith("STATUS=next run") for _, n in (a, b) for m in n.messages) < 3 and \
@@ -61,12 +56,7 @@ def test_two_daemons_on_one_cluster_take_turns(cluster, run, tmp_path):
                 notify.read_until("never", timeout=0.2)
         assert all(p.poll() is None for p in procs), "both daemons are alive"
         for p in procs:
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(timeout=20) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+            stop(p)
     logs = [p.stderr.read() for p in procs]
     statuses = [[m for m in n.messages if m.startswith("STATUS=next run")] for _, n in (a, b)]
     skipped = [i for i in (0, 1) if any("skipped: another PRS instance" in s for s in statuses[i])]
@@ -106,14 +96,9 @@ def test_a_one_shot_run_waits_while_another_instance_holds_the_lock(cluster, run
 def test_a_daemon_skips_its_run_while_another_instance_holds_the_lock(cluster, run, tmp_path):
     c = cluster("demo.json")
     c.set_pool(POOL, lease("pve9-4242-abcdef", time.time() + 3600))
-    proc, notify = start_daemon(run.conf(c, daemon=1), tmp_path, "d")
-    try:
+    with instance(run.conf(c, daemon=1), tmp_path, "d") as (proc, notify):
         assert notify.read_until("STATUS=next run"), notify.messages
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     err = proc.stderr.read()
     assert "skipping this run: another PRS instance (pve9-4242-abcdef)" in err
     assert "next try in 15 minutes" in err
