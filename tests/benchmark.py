@@ -5,10 +5,16 @@ Run it with `tests/bench` (it prepares the virtual environments); the options:
 
   --quick              fewer instances and scenarios (about 3 minutes instead of about 15)
   --json FILE          also write every figure as one JSON document
-  --only PART[,PART]   optimum, proxlb, scale (default: all three)
+  --only PART[,PART]   optimum, hard, heldout, proxlb, scale (default: all five)
   --proxlb-python PY   the interpreter of the venv holding proxlb==2.3.0 (tests/bench sets it)
   --seeds N            instances per method in part 1 (default 10, quick 4)
   --milp-time-limit S  seconds per MILP (default 30)
+  --hard N             instances in part 1's widened set (default 200, quick 50)
+  --held-out N         instances in part 1's held-out set (default 40, quick 20)
+  --milp-cache FILE    read and write the widened and held-out sets' optima in FILE (JSON), so
+                       a rerun only plans with PRS: --only hard,heldout --milp-cache FILE is the
+                       quick loop while changing the planner
+  --jobs N             processes solving those MILPs (default: up to 4)
   --serial             run ProxLB's scenarios one after the other (default: concurrently)
 
 Part 1, optimum: small generated clusters (3-6 nodes, 15-40 guests, tests/fakecluster.py's
@@ -17,6 +23,15 @@ Part 1, optimum: small generated clusters (3-6 nodes, 15-40 guests, tests/fakecl
   spread to at most balanciness under PRS's hard limits. The MILP checks the limits on the
   final placement only, where PRS checks them before every single move: it is a relaxation,
   so its optimum is a lower bound for any plan PRS could make.
+Part 1, widened set (hard): the same comparison on instances built directly as Node/Guest
+  (hard_instance(): no fake cluster, so they test the planner alone, while the fake-read
+  instances above test it on what PRS's collector reads), in five families (mixed,
+  heavy-tailed, uneven node sizes, nearly full, many pinned guests), mostly memory, some
+  CPU and disk; where balanciness is out of reach, the lowest reachable spread. PRS's moves
+  are also replayed in order to check every intermediate step against its hard limits.
+Part 1, held-out set (heldout): the same generator on other seeds (from 100000), reported
+  on its own: reached on >= 95 % of the reachable instances and <= 1.2x the optimum's
+  migrations (goals 100 % and 1.1x).
 Part 2, ProxLB: PRS and ProxLB 2.3.0 each run one real rebalance on a fresh copy of the same
   fake cluster (tests/fakecluster.py serve, instant tasks), then plan a second run (dry run).
 Part 3, scale: plan() alone on 64-node clusters with 1,000 to 10,000 guests.
@@ -25,8 +40,10 @@ Not a test: pytest does not collect it (no test_ prefix), and tests/run does not
 """
 
 import argparse
+import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -69,7 +86,7 @@ class FakeProcess:
         with open(path, 'w') as fh:
             json.dump(scenario, fh)
         self.state_dir = os.path.join(self.dir, 'state')
-        self.log = open(os.path.join(self.dir, 'fake.log'), 'w')
+        self.log = open(os.path.join(self.dir, 'fake.log'), 'w')      # noqa: SIM115 - closed in stop()
         fake = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fakecluster.py')
         self.proc = subprocess.Popen([sys.executable, fake, 'serve', path,
                                       '--state-dir', self.state_dir, '--ha-delay', str(HA_DELAY),
@@ -154,7 +171,8 @@ def table(headers, rows, title=None):
     if title:
         out.append(title)
     for k, row in enumerate(cells):
-        out.append('  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        pairs = enumerate(zip(row, widths, strict=False))
+        out.append('  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs))
         if k == 0:
             out.append('  '.join('-' * w for w in widths))
     return '\n'.join(out)
@@ -210,9 +228,10 @@ class Limits:
         return self.scaled(prs.guest_load(g, policy), policy)
 
 
-def solve_optimum(prs, nodes, guests, policy, time_limit, minimise_spread=False):
+def solve_optimum(prs, nodes, guests, policy, time_limit, minimise_spread=False, cuts=()):
     """Fewest migrations to spread <= balanciness under PRS's limits (or, with
-    minimise_spread, the smallest spread reachable at all). Returns a dict."""
+    minimise_spread, the smallest spread reachable at all). Returns a dict. Each of cuts
+    (a placement {vmid: node} of every movable guest, as returned in 'place') is excluded."""
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -269,6 +288,12 @@ def solve_optimum(prs, nodes, guests, policy, time_limit, minimise_spread=False)
             r[iu] = sign
             lo.append(sign * usage_const[n])
             hi.append(np.inf)
+    for cut in cuts:                                    # no-good: not exactly this placement
+        r = row()
+        for vmid, n in cut.items():
+            r[var[(vmid, n)]] = 1
+        lo.append(-np.inf)
+        hi.append(len(cut) - 1)
     c = np.zeros(nv)
     if minimise_spread:
         c[iu_max], c[iu_min] = 1.0, -1.0
@@ -303,8 +328,62 @@ def solve_optimum(prs, nodes, guests, policy, time_limit, minimise_spread=False)
         load[place[vmid]] += x
     usages = [100.0 * load[n] / st.cap[n] for n in balanced]
     out.update(migrations=len(moved), gib=sum(prs.move_cost(guests[v]) for v in moved) / GiB,
-               spread=prs.spread_of(usages), moved=sorted(moved))
+               spread=prs.spread_of(usages), moved=sorted(moved), place=place)
     return out
+
+
+SAFE_ORDER_MAX_MOVES = 16       # subsets of at most 2**16 states: exhaustive, still quick
+SAFE_CUTS = 200                 # end states excluded, at most, before "not settled"
+SAFE_SECONDS = 120.0            # and seconds spent on them per instance
+
+
+def safe_order_exists(prs, nodes, guests, policy, targets):
+    """Whether the migrations {vmid: target} can run one after the other so that each finds
+    room on its target when it runs (PRS's room_for on the cluster the earlier ones left),
+    without temporary hops. Exhaustive over the subsets of migrations done (the cluster after a
+    subset does not depend on its order). None if there are too many migrations to tell."""
+    moves = sorted(targets.items())
+    if len(moves) > SAFE_ORDER_MAX_MOVES:
+        return None
+    full = (1 << len(moves)) - 1
+    seen, todo = {0}, [0]
+    while todo:
+        done = todo.pop()
+        if done == full:
+            return True
+        st, placed = prs._Load(nodes, guests, policy), dict(guests)
+        for i, (vmid, t) in enumerate(moves):
+            if done >> i & 1:
+                st.apply(placed[vmid], t)
+                placed[vmid] = dataclasses.replace(placed[vmid], node=t)
+        for i, (vmid, t) in enumerate(moves):
+            nxt = done | 1 << i
+            if nxt not in seen and not st.room_for(placed[vmid], t):
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
+
+
+def safe_optimum(prs, nodes, guests, policy, time_limit, opt):
+    """The fewest migrations to balanciness whose end state can also be reached through
+    safe steps (safe_order_exists): the MILP again with each end state that has no safe order
+    excluded, until one has (or SAFE_CUTS were excluded: not settled)."""
+    cuts, t0 = [], time.perf_counter()
+    while opt.get('feasible') and opt.get('proven'):
+        targets = {v: n for v, n in opt['place'].items() if n != guests[v].node}
+        ok = safe_order_exists(prs, nodes, guests, policy, targets)
+        if ok is None:
+            return {'settled': False, 'cuts': len(cuts), 'why': 'too many migrations to order exhaustively'}
+        if ok:
+            return {'settled': True, 'feasible': True, 'cuts': len(cuts), 'migrations': opt['migrations'],
+                    'spread': round(opt['spread'], 3), 'gib': round(opt['gib'], 3)}
+        if len(cuts) >= SAFE_CUTS or time.perf_counter() - t0 > SAFE_SECONDS:
+            return {'settled': False, 'cuts': len(cuts), 'why': '%d end states without a safe order' % len(cuts)}
+        cuts.append(opt['place'])
+        opt = solve_optimum(prs, nodes, guests, policy, time_limit, cuts=cuts)
+    if opt.get('status') == 2:
+        return {'settled': True, 'feasible': False, 'cuts': len(cuts)}
+    return {'settled': False, 'cuts': len(cuts), 'why': 'MILP status %s' % opt.get('status')}
 
 
 def check_limits(prs, nodes, guests, policy, moves):
@@ -421,11 +500,18 @@ def optimum_summary(results):
         both = [r for r in feas if r['prs']['spread'] <= BALANCINESS + 1e-9]
         ratios = [r['ratio'] for r in both if r.get('ratio') is not None]
         prs_moves = sum(r['prs']['migrations'] for r in both)
-        opt_moves = sum(r['optimum']['migrations'] for r in both)
+        opt_moves = sum(r['optimum']['safe']['migrations'] for r in both)
+        relaxed_moves = sum(r['optimum']['migrations'] for r in both)
         out[method] = {
             'instances': len(rs), 'optimum_reaches': len(feas),
             'prs_reaches_where_optimum_does': sum(1 for r in feas if r['prs']['spread'] <= BALANCINESS + 1e-9),
-            'prs_moves': prs_moves, 'opt_moves': opt_moves,
+            'prs_moves': prs_moves, 'opt_moves': opt_moves, 'relaxed_moves': relaxed_moves,
+            'end_state_only': sum(1 for r in other if r['reach'] == 'end state only'),
+            'safe_unsettled': sum(1 for r in other if r['reach'] == 'unsettled'),
+            'prs_reaches_other': sum(1 for r in other if r['prs']['spread'] <= BALANCINESS + 1e-9),
+            'other': ['seed %d %s/%s (%s): PRS %.1f with %d moves; end-state optimum %d moves to %.1f' % (
+                r['seed'], r['family'], r['method'], r['reach'], r['prs']['spread'], r['prs']['migrations'],
+                r['optimum']['migrations'], r['optimum']['spread']) for r in other],
             'moves_ratio': round(prs_moves / opt_moves, 3) if opt_moves else None,
             'worst_ratio': max(ratios) if ratios else None,
             'within_1_2': sum(1 for x in ratios if x <= 1.2 + 1e-9),
@@ -448,6 +534,539 @@ def _scipy_version():
         return scipy.__version__
     except ImportError:
         return '?'
+
+
+# -------------------------------------------------------------------------------------
+# Part 1, widened: instances built in-process (the planner alone)
+# -------------------------------------------------------------------------------------
+
+HARD_FAMILIES = ('mixed', 'heavy', 'uneven', 'full', 'pinned')
+HELD_OUT_SEED = 100000          # the held-out set's first seed; the widened set starts at 1
+NODE_GIB = (64, 96, 112, 128, 176, 192, 256)
+UNEVEN_GIB = (32, 48, 64, 128, 256, 384, 512)
+ISSUE9_GIB = (112, 112, 176, 64)        # issue 9's failing shape, with a 64 GiB VM on pve1
+HEAVY_GIB = (32, 48, 64, 96, 128)
+SMALL_GIB = (0.5, 1, 2, 3, 4, 6, 8, 12, 16)
+# Part of every cached optimum's key: change it whenever solve_optimum() or Limits change.
+MILP_MODEL = 'v2'      # v2: the safe-order check (safe_optimum)
+
+
+def hard_method(seed):
+    """Memory for three seeds in five, CPU and disk for one each, independent of the family."""
+    return {3: 'cpu', 4: 'disk'}.get((seed // 5) % 5, 'memory')
+
+
+def nearest(sizes, x):
+    return min(sizes, key=lambda s: abs(s - x))
+
+
+def hard_instance(prs, seed):
+    """One instance of the widened set, built directly as Node/Guest (no fake cluster: it
+    tests the planner alone; the fake-read instances test it on what the collector reads).
+
+    The family is seed % 5:
+      mixed   3-6 nodes of 64-256 GiB, 15-40 guests; one seed in three heavy-tailed
+      heavy   heavy-tailed: 2-5 guests of 32-128 GiB among many small ones; one seed in
+              four has issue 9's shape (nodes of 112/112/176/64 GiB, a 64 GiB VM using
+              44 GiB on the first 112 GiB node)
+      uneven  node sizes of 32-512 GiB, the largest at least four times the smallest
+      full    the balanced resource (memory: configured or in use, whichever is larger,
+              with guests using 85-100 % of their memory) takes 75-88 % of the cluster's
+              capacity minus reserve; the other families 40-70 %
+      pinned  30-50 % of the guests carry the tag prs-ignore (3 % elsewhere)
+    Method: hard_method(seed). Some 8 % of guests are stopped, 10 % containers (a running
+    one does not move), 15 % have local disks (60 % for the disk method). A node's usage is
+    its guests' plus 1-4 GiB of host overhead. Guests are placed so that a third of the
+    nodes get five times their share, and every node stays within PRS's hard limits
+    (capacity minus reserve) where any node can take the guest; a guest that fits nowhere
+    goes where it exceeds least (recorded as over_at_start)."""
+    rng = random.Random(seed)
+    family = HARD_FAMILIES[seed % len(HARD_FAMILIES)]
+    method = hard_method(seed)
+    issue9 = family == 'heavy' and (seed // 5) % 4 == 0
+    if issue9:
+        mem_gib = list(ISSUE9_GIB)
+    elif family == 'uneven':
+        mem_gib = [rng.choice(UNEVEN_GIB) for _ in range(rng.randint(3, 6))]
+        mem_gib[0], mem_gib[1] = rng.choice((32, 48, 64)), rng.choice((256, 384, 512))
+        rng.shuffle(mem_gib)
+    else:
+        mem_gib = [rng.choice(NODE_GIB) for _ in range(rng.randint(3, 6))]
+    n_nodes = len(mem_gib)
+    n_guests = rng.randint(25 if family == 'full' else 15, 40)
+    cores = [max(4, min(128, int(m / rng.choice((2, 4, 4, 8))))) for m in mem_gib]
+    disks = (100, 250, 500, 1000, 2000, 4000) if family == 'uneven' else (250, 500, 1000, 2000)
+    maxdisk = [rng.choice(disks) * GiB for _ in range(n_nodes)]
+    heavy_tailed = family == 'heavy' or (family == 'mixed' and (seed // 5) % 3 == 0)
+    n_heavy = rng.randint(2, 5) if heavy_tailed else 0
+    full = family == 'full'
+    fill = rng.uniform(0.75, 0.88) if full else rng.uniform(0.4, 0.7)
+
+    raw = []
+    for k in range(n_guests):
+        big = k < n_heavy
+        fixed = issue9 and k == 0
+        lxc = not big and rng.random() < 0.1
+        if fixed:
+            size = 64
+        elif big:
+            size = rng.choice([s for s in HEAVY_GIB if s <= 0.6 * max(mem_gib)] or HEAVY_GIB[:1])
+        elif heavy_tailed:
+            size = nearest(SMALL_GIB, math.exp(rng.gauss(math.log(2.5), 0.9)))
+        else:
+            size = min(nearest(MEM_SIZES, math.exp(rng.gauss(math.log(3.0), 1.0))), max(mem_gib) / 4)
+        if lxc:
+            size = max(0.5, size / 4)
+        used = 44 / 64 if fixed else rng.uniform(0.85, 1.0) if full else rng.uniform(0.2, 0.6) if lxc \
+            else rng.uniform(0.3, 0.95)
+        vcpus = min(min(cores), rng.choice((16, 32, 32, 64) if big else (1, 2, 4, 4, 8, 8, 16)))
+        local = rng.random() < (0.6 if method == 'disk' else 0.15)
+        disk = 0
+        if local:
+            disk = rng.choice((200, 500, 1000)) if big and method == 'disk' else rng.choice((8, 16, 32, 50, 64, 100))
+            disk = min(disk, 0.5 * max(maxdisk) / GiB)
+        raw.append({'gib': size, 'fixed': fixed or big, 'used': used, 'lxc': lxc,
+                    'running': fixed or rng.random() >= 0.08, 'vcpus': vcpus,
+                    'busy': rng.betavariate(2, 3) if big else rng.betavariate(0.7, 3.0), 'disk': disk * GiB})
+    overhead = [rng.uniform(1, 4) * GiB for _ in range(n_nodes)]
+    base_cpu = [rng.uniform(0.1, 0.6) for _ in range(n_nodes)]
+    base_disk = [rng.uniform(0, 2) * GiB for _ in range(n_nodes)]
+    keep = 1.0 - 0.10
+
+    # Memory: small guests scaled so that configured or used memory (the larger) hits its fill.
+    target = (fill if method == 'memory' else rng.uniform(0.35, 0.6)) * keep * sum(mem_gib) * GiB
+    run = [r for r in raw if r['running']]
+    fixed_c = sum(r['gib'] for r in run if r['fixed']) * GiB
+    var_c = sum(r['gib'] for r in run if not r['fixed']) * GiB
+    fixed_u = sum(r['gib'] * r['used'] for r in run if r['fixed']) * GiB + sum(overhead)
+    var_u = sum(r['gib'] * r['used'] for r in run if not r['fixed']) * GiB
+    s = min((target - fixed_c) / var_c if var_c else 1.0, (target - fixed_u) / var_u if var_u else 1.0)
+    s = min(8.0, max(0.2, s))
+    for r in raw:
+        gib = r['gib'] if r['fixed'] else max(0.25, round(r['gib'] * s * 4) / 4)
+        r['maxmem'] = int(gib * GiB)
+        r['mem'] = int(r['maxmem'] * r['used']) if r['running'] else 0
+    # CPU: scaled to its fill for the cpu method, to 20-50 % of the cores otherwise.
+    goal = (fill * keep if method == 'cpu' else rng.uniform(0.2, 0.5)) * sum(cores) - sum(base_cpu)
+    for r in raw:
+        r['cpu'] = r['busy'] * r['vcpus'] if r['running'] else 0.0
+    for _ in range(5):                  # a guest busy on all its vCPUs takes no more: the others do
+        free = [r for r in raw if 0 < r['cpu'] < r['vcpus']]
+        rest = goal - sum(r['cpu'] for r in raw if r not in free)
+        total = sum(r['cpu'] for r in free)
+        if not free or total <= 0 or abs(rest - total) < 1e-6:
+            break
+        for r in free:
+            r['cpu'] = min(float(r['vcpus']), r['cpu'] * rest / total)
+    # Local disks: scaled to the fill for the disk method, to at most 40 % of local storage otherwise.
+    fixed_d = sum(r['disk'] for r in raw if r['fixed'])
+    var_d = sum(r['disk'] for r in raw if not r['fixed'])
+    goal = (fill * keep if method == 'disk' else 0.4) * sum(maxdisk) - sum(base_disk)
+    s = (goal - fixed_d) / var_d if var_d else 1.0
+    s = min(5.0, max(0.1, s)) if method == 'disk' else min(1.0, max(0.1, s))
+    for r in raw:
+        if r['disk'] and not r['fixed']:
+            r['disk'] = max(1, round(r['disk'] * s / GiB)) * GiB
+
+    pinned = set()
+    vmids = [100 + k for k in range(n_guests)]
+    if family == 'pinned':
+        pinned = set(rng.sample(vmids, round(n_guests * rng.uniform(0.3, 0.5))))
+    else:
+        pinned = {v for v in vmids if rng.random() < 0.03}
+
+    order = list(range(n_nodes))
+    rng.shuffle(order)
+    if issue9:
+        order.remove(0)
+        order.append(0)                 # the VM's 112 GiB node takes its share, not five times it
+    hot = set(order[:max(1, n_nodes // 3)])
+    weight = [(5.0 if i in hot else 1.0) * mem_gib[i] for i in range(n_nodes)]
+    cap = {'memory': [m * GiB for m in mem_gib], 'cpu': cores, 'disk': maxdisk}[method]
+    commit = [0] * n_nodes
+    used = list(overhead)
+    cpu = list(base_cpu)
+    dsk = list(base_disk)
+
+    def load(i):
+        return {'memory': used, 'cpu': cpu, 'disk': dsk}[method][i]
+
+    def after(r, i):
+        """The largest share of a hard limit node i would use with r on it (<= keep: fits)."""
+        run_ = r['running']
+        x = {'memory': r['mem'] if run_ else 0, 'cpu': r['cpu'], 'disk': r['disk']}[method]
+        shares = [(dsk[i] + r['disk']) / maxdisk[i], (load(i) + x) / cap[i]]
+        if run_:
+            shares += [(commit[i] + r['maxmem']) / (mem_gib[i] * GiB), (used[i] + r['mem']) / (mem_gib[i] * GiB)]
+        return max(shares)
+    place = {}
+    # Largest first (issue 9's VM before all), so the big ones still find a node that fits.
+    ks = sorted(range(n_guests), key=lambda k: (not (issue9 and k == 0), -raw[k]['maxmem'] - raw[k]['disk']))
+    for k in ks:
+        r = raw[k]
+        if issue9 and k == 0:
+            i = 0
+        else:
+            fitting = [i for i in range(n_nodes) if after(r, i) <= keep]
+            if fitting:
+                i = rng.choices(fitting, [weight[j] for j in fitting])[0]
+            else:
+                i = min(range(n_nodes), key=lambda j, r=r: after(r, j))
+        place[k] = i
+        if r['running']:
+            commit[i] += r['maxmem']
+            used[i] += r['mem']
+            cpu[i] += r['cpu']
+        dsk[i] += r['disk']
+    guests = {}
+    for k, r in enumerate(raw):
+        vmid = vmids[k]
+        guests[vmid] = prs.Guest(vmid=vmid, name='g%d' % vmid, kind='lxc' if r['lxc'] else 'qemu',
+                                 node='pve%d' % (place[k] + 1), running=r['running'], maxmem=r['maxmem'],
+                                 mem=r['mem'], maxcpu=float(r['vcpus']), cpu=r['cpu'], disk=r['disk'],
+                                 tags=frozenset({prs.IGNORE_TAG}) if vmid in pinned else frozenset())
+    nodes = {}
+    for i in range(n_nodes):
+        name = 'pve%d' % (i + 1)
+        nodes[name] = prs.Node(name=name, maxcpu=float(cores[i]), cpu=cpu[i], maxmem=mem_gib[i] * GiB,
+                               mem=int(used[i]), maxdisk=maxdisk[i], disk=int(dsk[i]))
+    policy = prs.Policy(method=method, balanciness=BALANCINESS)
+    st = prs._Load(nodes, guests, policy)
+    balanced = [n for n in sorted(nodes) if st.cap[n] > 0]
+    lim = Limits(prs, nodes, guests, policy)
+    over = ['%s %s' % (n, name) for n in sorted(nodes) for name, _, total, limit in lim.rows
+            if total(n) > limit(n) + 1e-6]
+    return {'seed': seed, 'family': family, 'method': method, 'nodes': nodes, 'guests': guests,
+            'shape': 'issue 9' if issue9 else '', 'heavy': n_heavy, 'pinned': len(pinned),
+            'fill': round(100.0 * sum(st.load.values()) / sum(st.cap.values()), 1),
+            'over_at_start': over, 'spread_before': prs.spread_of(st.usage(n) for n in balanced)}
+
+
+def instance_digest(inst, policy):
+    """What the cached optimum depends on: the instance's data, the policy, the MILP model."""
+    data = {'nodes': [dataclasses.asdict(inst['nodes'][n]) for n in sorted(inst['nodes'])],
+            'guests': [dataclasses.asdict(inst['guests'][v]) for v in sorted(inst['guests'])],
+            'method': policy.method, 'mode': policy.mode, 'reserve': policy.reserve,
+            'balanciness': policy.balanciness, 'model': MILP_MODEL}
+    text = json.dumps(data, sort_keys=True, default=lambda o: sorted(o) if isinstance(o, frozenset) else str(o))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class MilpCache:
+    """Optima of the widened and held-out instances in a JSON file (--milp-cache), keyed by
+    family/seed/method/digest of the data: a run with the same instances only replans with
+    PRS. An entry is reused if it is proven or was solved with at least this time limit.
+    Without a path nothing is read or written."""
+
+    def __init__(self, path):
+        self.path = path
+        self.entries = {}
+        self.dirty = False
+        if path and os.path.exists(path):
+            with open(path) as fh:
+                self.entries = json.load(fh).get('optima', {})
+
+    @staticmethod
+    def key(inst, policy):
+        return '%s/%d/%s/%s' % (inst['family'], inst['seed'], inst['method'], instance_digest(inst, policy))
+
+    def get(self, key, time_limit):
+        e = self.entries.get(key)
+        if e and (optimum_settled(e['optimum']) or e['time_limit'] >= time_limit):
+            return e['optimum']
+        return None
+
+    def put(self, key, opt, time_limit):
+        self.entries[key] = {'time_limit': time_limit, 'optimum': opt}
+        self.dirty = True
+
+    def save(self):
+        if not (self.path and self.dirty):
+            return
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w') as fh:
+            json.dump({'model': MILP_MODEL, 'optima': self.entries}, fh, indent=0, sort_keys=True)
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
+def optimum_settled(opt):
+    """The MILP answered for good: an optimum proven, or balanciness proven out of reach and
+    the lowest spread proven."""
+    return opt['status'] == 0 or (opt['status'] == 2 and bool(opt.get('best_spread_proven')))
+
+
+def hard_optimum(prs, nodes, guests, policy, time_limit):
+    """solve_optimum(), and where balanciness is proven out of reach the lowest reachable spread."""
+    opt = solve_optimum(prs, nodes, guests, policy, time_limit)
+    if opt['feasible']:
+        opt['safe'] = safe_optimum(prs, nodes, guests, policy, time_limit, opt)
+    if not opt['feasible'] and opt['status'] == 2:
+        best = solve_optimum(prs, nodes, guests, policy, time_limit, minimise_spread=True)
+        opt.update(best_spread=best.get('spread'), best_spread_proven=best.get('proven'),
+                   best_seconds=best['seconds'])
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in opt.items()
+            if k not in ('message', 'place')}
+
+
+def _quiet_worker():
+    """HiGHS writes some diagnostics straight to the process's stdout: not in the report."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def _hard_milp_job(job):
+    """One MILP in a worker process (forked: the instance is rebuilt from its seed)."""
+    seed, time_limit = job
+    prs = load_prs()
+    inst = hard_instance(prs, seed)
+    policy = prs.Policy(method=inst['method'], balanciness=BALANCINESS)
+    return seed, hard_optimum(prs, inst['nodes'], inst['guests'], policy, time_limit)
+
+
+def unsafe_steps(prs, nodes, guests, policy, moves):
+    """PRS's moves replayed in order on its own _Load: every step whose target lacks room
+    (room_for) at that moment, i.e. a limit crossed on the way, not only at the end."""
+    st = prs._Load(nodes, guests, policy)
+    work = dict(guests)
+    bad = []
+    for k, m in enumerate(moves):
+        g = work[m.vmid]
+        why = st.room_for(g, m.target)
+        if why:
+            bad.append('step %d, %d %s -> %s' % (k + 1, m.vmid, g.node, why))
+        st.apply(g, m.target)
+        work[m.vmid] = dataclasses.replace(g, node=m.target)
+    return bad
+
+
+def hard_instances(prs, first, count):
+    """The first `count` instances from seed `first` on that need rebalancing; the balanced
+    seeds skipped, per family."""
+    insts, skipped = [], collections.Counter()
+    seed = first
+    while len(insts) < count:
+        inst = hard_instance(prs, seed)
+        seed += 1
+        if inst['spread_before'] <= BALANCINESS:
+            skipped[inst['family']] += 1
+        else:
+            insts.append(inst)
+    return insts, skipped
+
+
+def part_widened(prs, args, held_out):
+    label = 'held-out' if held_out else 'widened'
+    count = args.held_out if held_out else args.hard
+    first = HELD_OUT_SEED if held_out else 1
+    insts, skipped = hard_instances(prs, first, count)
+    say('== Part 1, %s set: instances built in-process (the planner alone), MILP time limit %g s ==' % (
+        label, args.milp_time_limit))
+    say('   %d instances, seeds %d-%d (%d balanced seeds skipped); families %s; 3-6 nodes, 15-40 guests'
+        % (len(insts), first, insts[-1]['seed'], sum(skipped.values()), ', '.join(HARD_FAMILIES)))
+    cache = MilpCache(args.milp_cache)
+    optima, todo = {}, []
+    for inst in insts:
+        policy = prs.Policy(method=inst['method'], balanciness=BALANCINESS)
+        inst['key'] = MilpCache.key(inst, policy)
+        opt = cache.get(inst['key'], args.milp_time_limit)
+        if opt is None:
+            todo.append(inst)
+        else:
+            optima[inst['seed']] = opt
+    t0 = time.perf_counter()
+    by_seed = {inst['seed']: inst for inst in insts}
+    if todo:
+        say('   MILP: %d to solve, %d from the cache, %d process(es)' % (len(todo), len(optima), args.jobs))
+        jobs = [(inst['seed'], args.milp_time_limit) for inst in todo]
+        import multiprocessing
+        pool = concurrent.futures.ProcessPoolExecutor(max(1, args.jobs), mp_context=multiprocessing.get_context('fork'),
+                                                      initializer=_quiet_worker)
+        results = pool.map(_hard_milp_job, jobs)
+        try:
+            for k, (seed, opt) in enumerate(results, 1):
+                optima[seed] = opt
+                cache.put(by_seed[seed]['key'], opt, args.milp_time_limit)
+                if k % 20 == 0 or k == len(jobs):
+                    cache.save()
+                    say('   MILP %d/%d (%.0f s)' % (k, len(jobs), time.perf_counter() - t0))
+        finally:
+            cache.save()
+            pool.shutdown(cancel_futures=True)
+    milp_s = time.perf_counter() - t0
+    records = []
+    for inst in insts:
+        policy = prs.Policy(method=inst['method'], balanciness=BALANCINESS)
+        nodes, guests = inst['nodes'], inst['guests']
+        t1 = time.perf_counter()
+        p = prs.plan(nodes, guests, policy)
+        plan_ms = (time.perf_counter() - t1) * 1000
+        nodes2, guests2 = apply_moves(prs, nodes, guests, p.moves)
+        again = prs.plan(nodes2, guests2, policy)
+        opt = optima[inst['seed']]
+        rec = {k: inst[k] for k in ('seed', 'family', 'method', 'shape', 'heavy', 'pinned', 'fill',
+                                    'over_at_start')}
+        rec.update(nodes=len(nodes), guests=len(guests), spread_before=round(p.spread_before, 2),
+                   node_gib=[n.maxmem // GiB for n in nodes.values()],
+                   prs={'migrations': len(p.moves), 'gib': round(sum(m.cost for m in p.moves) / GiB, 2),
+                        'spread': round(p.spread_after, 2), 'plan_ms': round(plan_ms, 2),
+                        'second_run_moves': len(again.moves), 'verdict': p.verdict,
+                        'limit_violations': check_limits(prs, nodes, guests, policy, p.moves),
+                        'unsafe_steps': unsafe_steps(prs, nodes, guests, policy, p.moves)},
+                   optimum=opt)
+        rec['reach'] = reach_of(opt)
+        if rec['reach'] == 'safe':
+            m = opt['safe']['migrations']
+            rec['ratio'] = round(len(p.moves) / m, 3) if m else (1.0 if not p.moves else None)
+        records.append(rec)
+    summary = widened_summary(records)
+    milp = {'solved': len(todo), 'cached': len(insts) - len(todo), 'seconds': round(milp_s, 1),
+            'max_instance_s': max((o['seconds'] + o.get('best_seconds', 0) for o in optima.values()), default=0)}
+    say('   MILP pass %.1f s (%d solved, %d cached; slowest instance %.1f s)' % (
+        milp_s, milp['solved'], milp['cached'], milp['max_instance_s']))
+    widened_tables(summary, skipped)
+    out = {'seeds': [first, insts[-1]['seed']], 'skipped_balanced': dict(skipped), 'milp': milp,
+           'instances': records, 'summary': summary}
+    if held_out:
+        out['check'] = held_out_check(summary['all'])
+        c = out['check']
+        say('   held-out check: reached on %d of %d reachable instances (%.1f %%: %s; goal 100 %%: %s), '
+            'moves %s x the optimum (<= 1.2x: %s; goal 1.1x: %s)' % (
+                c['reached'], c['reachable'], c['reached_pct'], 'met' if c['reach_ok'] else 'NOT MET',
+                'met' if c['reach_goal'] else 'not yet', fmt(c['moves_ratio'], '.2f'),
+                'met' if c['ratio_ok'] else 'NOT MET', 'met' if c['ratio_goal'] else 'not yet'))
+    return out
+
+
+def reach_of(opt):
+    """'safe': balanciness reachable through safe steps (the MILP's end state, or the best one
+    after excluding those without a safe order); 'end state only': reachable as an end state
+    but proven not through safe steps without stop-overs; 'unsettled': reachable as an end
+    state, safe order not settled; 'no': out of reach (or no answer)."""
+    if not opt.get('feasible'):
+        return 'no'
+    safe = opt.get('safe') or {}
+    if not safe.get('settled'):
+        return 'unsettled'
+    return 'safe' if safe.get('feasible') else 'end state only'
+
+
+def held_out_check(s):
+    reached, reachable = s['prs_reaches_where_optimum_does'], s['optimum_reaches']
+    pct = 100.0 * reached / reachable if reachable else 100.0
+    ratio = s['moves_ratio']
+    return {'reached': reached, 'reachable': reachable, 'reached_pct': round(pct, 1),
+            'reach_ok': pct >= 95.0 - 1e-9, 'reach_goal': reached == reachable, 'moves_ratio': ratio,
+            'ratio_ok': ratio is None or ratio <= 1.2 + 1e-9, 'ratio_goal': ratio is None or ratio <= 1.1 + 1e-9,
+            'checked': pct >= 95.0 - 1e-9 and (ratio is None or ratio <= 1.2 + 1e-9)}
+
+
+def unsettled_text(opt):
+    if opt['status'] == 2:
+        return 'balanciness out of reach; lowest spread %s not proven' % fmt(opt.get('best_spread'))
+    if opt.get('feasible'):
+        return '%d migrations, not proven optimal' % opt['migrations']
+    return 'no answer (status %s)' % opt['status']
+
+
+def widened_summary(records):
+    """Figures per family, per method and over all ('all')."""
+    out = {}
+    for group in HARD_FAMILIES + METHODS + ('all',):
+        rs = [r for r in records if group in ('all', r['family'], r['method'])]
+        if not rs:
+            continue
+        feas = [r for r in rs if r['reach'] == 'safe']
+        both = [r for r in feas if r['prs']['spread'] <= BALANCINESS + 1e-9]
+        other = [r for r in rs if r['reach'] in ('end state only', 'unsettled')]
+        ratios = [r['ratio'] for r in both if r.get('ratio') is not None]
+        unreach = [r for r in rs if r['optimum']['status'] == 2 and r['optimum'].get('best_spread') is not None]
+        gaps = [r['prs']['spread'] - r['optimum']['best_spread'] for r in unreach]
+        balanced = [r for r in rs if r['prs']['spread'] <= BALANCINESS + 1e-9]
+        ms = [r['prs']['plan_ms'] for r in rs]
+        prs_moves = sum(r['prs']['migrations'] for r in both)
+        opt_moves = sum(r['optimum']['safe']['migrations'] for r in both)
+        relaxed_moves = sum(r['optimum']['migrations'] for r in both)
+        out[group] = {
+            'instances': len(rs), 'optimum_reaches': len(feas), 'prs_reaches_where_optimum_does': len(both),
+            'prs_moves': prs_moves, 'opt_moves': opt_moves, 'relaxed_moves': relaxed_moves,
+            'end_state_only': sum(1 for r in other if r['reach'] == 'end state only'),
+            'safe_unsettled': sum(1 for r in other if r['reach'] == 'unsettled'),
+            'prs_reaches_other': sum(1 for r in other if r['prs']['spread'] <= BALANCINESS + 1e-9),
+            'other': ['seed %d %s/%s (%s): PRS %.1f with %d moves; end-state optimum %d moves to %.1f' % (
+                r['seed'], r['family'], r['method'], r['reach'], r['prs']['spread'], r['prs']['migrations'],
+                r['optimum']['migrations'], r['optimum']['spread']) for r in other],
+            'moves_ratio': round(prs_moves / opt_moves, 3) if opt_moves else None,
+            'worst_ratio': max(ratios) if ratios else None, 'compared': len(both),
+            'within_1_2': sum(1 for x in ratios if x <= 1.2 + 1e-9),
+            'prs_gib': round(sum(r['prs']['gib'] for r in both), 1),
+            'opt_gib': round(sum(r['optimum']['safe']['gib'] for r in both), 1),
+            'unreachable': len(unreach), 'within_1_point': sum(1 for x in gaps if x <= 1.0 + 1e-9),
+            'worst_gap': round(max(gaps), 2) + 0.0 if gaps else None,       # + 0.0: no -0.0
+            'no_answer': sum(1 for r in rs if not r['optimum'].get('feasible') and r not in unreach),
+            'not_proven': sum(1 for r in rs if not optimum_settled(r['optimum'])),
+            'second_run_moves': sum(r['prs']['second_run_moves'] for r in rs),
+            'second_run_moves_balanced': sum(r['prs']['second_run_moves'] for r in balanced),
+            'unsafe_steps': sum(len(r['prs']['unsafe_steps']) for r in rs),
+            'limit_violations': sum(len(r['prs']['limit_violations']) for r in rs),
+            'over_at_start': sum(1 for r in rs if r['over_at_start']),
+            'plan_ms_mean': round(statistics.mean(ms), 1), 'plan_ms_max': round(max(ms), 1),
+            'stopped_short': ['seed %d %s/%s: %.1f (optimum %d moves to %.1f)' % (
+                r['seed'], r['family'], r['method'], r['prs']['spread'], r['optimum']['safe']['migrations'],
+                r['optimum']['safe']['spread']) for r in feas if r not in both],
+            'above_1_2': ['seed %d %s/%s: %d vs %d' % (r['seed'], r['family'], r['method'], r['prs']['migrations'],
+                                                       r['optimum']['safe']['migrations'])
+                          for r in both if r.get('ratio') is not None and r['ratio'] > 1.2 + 1e-9],
+            'gap_above_1': ['seed %d %s/%s: %.1f vs lowest %.1f' % (r['seed'], r['family'], r['method'],
+                                                                    r['prs']['spread'], r['optimum']['best_spread'])
+                            for r, x in zip(unreach, gaps, strict=True) if x > 1.0 + 1e-9],
+            'unsafe': ['seed %d: %s' % (r['seed'], x) for r in rs for x in r['prs']['unsafe_steps']],
+            'violations': ['seed %d: %s' % (r['seed'], x) for r in rs for x in r['prs']['limit_violations']],
+            'second_run': ['seed %d: %d' % (r['seed'], r['prs']['second_run_moves'])
+                           for r in balanced if r['prs']['second_run_moves']],
+            'unsettled': ['seed %d %s/%s: %s' % (r['seed'], r['family'], r['method'], unsettled_text(r['optimum']))
+                          for r in rs if not optimum_settled(r['optimum'])],
+        }
+    return out
+
+
+def widened_tables(summary, skipped):
+    groups = [g for g in summary if g != 'all'] + ['all']
+    skipped = dict(skipped, all=sum(skipped.values()))
+    say(table(['group', 'instances', 'reaches 10 safely', 'PRS reaches it too', 'moves PRS/opt (sum)',
+               'worst ratio', 'within 1.2x', 'GiB PRS/opt', 'end state only/unsettled (PRS reaches)'], [
+        [g, '%d%s' % (s['instances'], ' (+%d balanced)' % skipped[g] if skipped.get(g) else ''),
+         s['optimum_reaches'], s['prs_reaches_where_optimum_does'],
+         '%d/%d = %s' % (s['prs_moves'], s['opt_moves'], fmt(s['moves_ratio'], '.2f')),
+         fmt(s['worst_ratio'], '.2f'), '%d/%d' % (s['within_1_2'], s['compared']),
+         '%s/%s' % (fmt(s['prs_gib'], '.0f'), fmt(s['opt_gib'], '.0f')),
+         '%d/%d (%d)' % (s['end_state_only'], s['safe_unsettled'], s['prs_reaches_other'])] for g, s in
+        ((g, summary[g]) for g in groups)],
+        title='-- where balanciness is reachable through safe steps (the optimum: the MILP\'s fewest migrations '
+              'whose end state has a safe order, checked exhaustively; moves and GiB over the instances where '
+              'both reach it) --'))
+    say()
+    say(table(['group', 'out of reach', 'PRS within 1 pt of lowest', 'worst gap', '2nd run (balanced/all)',
+               'unsafe steps', 'limit violations', 'plan ms mean/max', 'MILP unsettled', 'over at start'], [
+        [g, s['unreachable'], '%d/%d' % (s['within_1_point'], s['unreachable']), fmt(s['worst_gap'], '.1f'),
+         '%d/%d' % (s['second_run_moves_balanced'], s['second_run_moves']), s['unsafe_steps'],
+         s['limit_violations'], '%s/%s' % (fmt(s['plan_ms_mean'], '.0f'), fmt(s['plan_ms_max'], '.0f')),
+         s['not_proven'], s['over_at_start']] for g, s in ((g, summary[g]) for g in groups)],
+        title='-- out of reach (balanciness proven infeasible: PRS vs the lowest reachable spread), '
+              'second runs, safety, time --'))
+    s = summary['all']
+    for what, items in (('PRS stops above balanciness where the optimum reaches it', s['stopped_short']),
+                        ('more than 1.2x the optimum\'s migrations', s['above_1_2']),
+                        ('more than 1 point above the lowest reachable spread', s['gap_above_1']),
+                        ('unsafe intermediate steps', s['unsafe']), ('limit violations', s['violations']),
+                        ('second run moves after a balanced plan', s['second_run']),
+                        ('MILP unsettled within the time limit', s['unsettled']),
+                        ('reachable as an end state, but not (or not provably) through safe steps', s['other'])):
+        if items:
+            say('   %s (%d):' % (what, len(items)))
+            for x in items:
+                say('     %s' % x)
 
 
 # =====================================================================================
@@ -658,7 +1277,7 @@ def part_proxlb(args, workdir):
         label = '%dx%d seed %d' % (nodes, guests, seed)
         jobs.append((label, nodes, guests, seed, method, scenario))
     results = {}
-    for label, nodes, guests, seed, method, scenario in jobs:     # PRS alone on the machine
+    for label, _nodes, _guests, _seed, method, scenario in jobs:     # PRS alone on the machine
         say('   PRS    %-20s %-6s ...' % (label, method))
         results[(label, method, 'prs')] = one_tool_run('prs', scenario, method, workdir, None)
     if not problem:
@@ -680,7 +1299,7 @@ def part_proxlb(args, workdir):
                     results[(label, method, 'proxlb')] = {'error': '%s: %s' % (type(exc).__name__, exc)}
                 say('   ProxLB %-20s %-6s done' % (label, method))
     rows = []
-    for label, nodes, guests, seed, method, scenario in jobs:
+    for label, nodes, guests, seed, method, _scenario in jobs:
         for tool in ('prs', 'proxlb'):
             r = results.get((label, method, tool))
             if r is None:
@@ -805,7 +1424,7 @@ def scale_cluster(prs, seed, n_nodes, n_guests):
         disk = int(r['disk'] * disk_f) // GiB * GiB
         need = maxmem if r['running'] else 0
 
-        def fits(i):
+        def fits(i, need=need, disk=disk):
             return commit[i] + need <= 0.85 * shapes[i][1] * GiB and node_disk[i] + disk <= 0.85 * maxdisk[i]
         for _ in range(20):
             i = rng.choices(usable, weight)[0]
@@ -884,6 +1503,8 @@ def part_scale(prs, args):
 # Targets and main
 # =====================================================================================
 
+PARTS = ('optimum', 'hard', 'heldout', 'proxlb', 'scale')
+
 def targets(report):
     out = []
 
@@ -904,6 +1525,36 @@ def targets(report):
                 s['prs_reaches_where_optimum_does'], s['optimum_reaches'],
                 '; '.join('%s %s' % (m, x) for m in METHODS for x in opt['summary'][m]['stopped_short'])
                 or 'none'))
+    hard, held = report.get('hard'), report.get('heldout')
+    if hard:
+        s = hard['summary']['all']
+        add('widened set: final spread <= balanciness wherever the optimum reaches it',
+            s['prs_reaches_where_optimum_does'] == s['optimum_reaches'],
+            '%d of %d instances; short: %d (listed in its part)' % (
+                s['prs_reaches_where_optimum_does'], s['optimum_reaches'], len(s['stopped_short'])))
+        add('widened set: migrations within 1.2x of the optimum',
+            s['worst_ratio'] is None or s['worst_ratio'] <= 1.2 + 1e-9,
+            'sum %d vs %d (%sx); worst instance %sx; %d/%d instances within 1.2x'
+            % (s['prs_moves'], s['opt_moves'], fmt(s['moves_ratio'], '.2f'), fmt(s['worst_ratio'], '.2f'),
+               s['within_1_2'], s['compared']))
+        add('widened set: within 1 point of the lowest reachable spread where balanciness is out of reach',
+            s['within_1_point'] == s['unreachable'],
+            '%d of %d instances; worst gap %s' % (s['within_1_point'], s['unreachable'], fmt(s['worst_gap'])))
+    if held:
+        c = held['check']
+        add('held-out set: balanciness reached on >= 95 % of reachable instances (goal 100 %)', c['reach_ok'],
+            '%d of %d (%.1f %%)%s' % (c['reached'], c['reachable'], c['reached_pct'],
+                                      '' if c['reach_goal'] else '; goal not yet met'))
+        add('held-out set: migrations <= 1.2x the optimum (sum; goal 1.1x)', c['ratio_ok'],
+            '%sx%s' % (fmt(c['moves_ratio'], '.2f'), '' if c['ratio_goal'] else '; goal not yet met'))
+    sets = [(name, r['summary']['all']) for name, r in (('widened', hard), ('held-out', held)) if r]
+    if sets:
+        add('every step of PRS\'s plans within the hard limits (moves replayed in order)',
+            all(x['unsafe_steps'] == 0 for _, x in sets),
+            ', '.join('%s: %d unsafe steps' % (name, x['unsafe_steps']) for name, x in sets))
+        final = ([('small instances', opt['summary']['all'])] if opt else []) + sets
+        add('PRS\'s final placements within the hard limits', all(x['limit_violations'] == 0 for _, x in final),
+            ', '.join('%s: %d violations' % (name, x['limit_violations']) for name, x in final))
     px = report.get('proxlb')
     if px and px['comparison']:
         cs = px['comparison']
@@ -933,6 +1584,9 @@ def targets(report):
     second = []
     if opt:
         second.append(('small instances', opt['summary']['all']['second_run_moves']))
+    for name, r in (('widened set (balanced plans)', hard), ('held-out (balanced plans)', held)):
+        if r:
+            second.append((name, r['summary']['all']['second_run_moves_balanced']))
     if px:
         second.append(('fake clusters', sum(r.get('second_run_moves') or 0 for r in px['runs'] if r['tool'] == 'prs')))
     if sc:
@@ -948,14 +1602,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog='tests/bench', description=__doc__.split('\n\n')[0])
     ap.add_argument('--quick', action='store_true', help='fewer instances and scenarios (~3 minutes)')
     ap.add_argument('--json', metavar='FILE', help='write all figures as JSON to FILE')
-    ap.add_argument('--only', default='optimum,proxlb,scale', help='comma list of optimum, proxlb, scale')
+    ap.add_argument('--only', default=','.join(PARTS), help='comma list of %s' % ', '.join(PARTS))
     ap.add_argument('--proxlb-python', help='python of the venv with proxlb==%s' % PROXLB_VERSION)
     ap.add_argument('--seeds', type=int, default=0, help='instances per method in part 1')
     ap.add_argument('--milp-time-limit', type=float, default=30.0, help='seconds per MILP')
+    ap.add_argument('--hard', type=int, default=0, help='instances in the widened set (default 200, quick 50)')
+    ap.add_argument('--held-out', type=int, default=0, help='instances in the held-out set (default 40, quick 20)')
+    ap.add_argument('--milp-cache', metavar='FILE', help='read and write the widened/held-out optima in FILE')
+    ap.add_argument('--jobs', type=int, default=min(4, os.cpu_count() or 1),
+                    help='processes solving the widened/held-out MILPs (default: up to 4)')
     ap.add_argument('--serial', action='store_true', help='run ProxLB scenarios one at a time')
     args = ap.parse_args(argv)
+    args.hard = args.hard or (50 if args.quick else 200)
+    args.held_out = args.held_out or (20 if args.quick else 40)
     parts = [p.strip() for p in args.only.split(',') if p.strip()]
-    unknown = set(parts) - {'optimum', 'proxlb', 'scale'}
+    unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error('unknown part(s): %s' % ', '.join(sorted(unknown)))
     prs = load_prs()
@@ -967,6 +1628,12 @@ def main(argv=None):
     try:
         if 'optimum' in parts:
             report['optimum'] = part_optimum(prs, args)
+            say()
+        if 'hard' in parts:
+            report['hard'] = part_widened(prs, args, held_out=False)
+            say()
+        if 'heldout' in parts:
+            report['heldout'] = part_widened(prs, args, held_out=True)
             say()
         if 'scale' in parts:
             report['scale'] = part_scale(prs, args)

@@ -139,29 +139,35 @@ def test_balance_improves_and_stops_at_the_threshold(data):
     assert spread_after == pytest.approx(plan.spread_after, abs=1e-6), "the plan predicts the result"
     if spread_before <= policy.balanciness:
         assert plan.moves == (), "no migration when nothing needs it"
-    if len(plan.moves) > 1:
-        # it stopped as soon as the spread reached the threshold: without the last move it was above
-        shorter = dataclasses.replace(plan, moves=plan.moves[:-1])
-        n2, g2 = apply(nodes, guests, shorter)
-        u2, _ = usage(n2, g2, policy)
-        assert prs.spread_of(u2[n] for n in names) > policy.balanciness
     if spread_after > policy.balanciness and names and len(names) > 1:
-        assert "no further move" in plan.verdict or "max_migrations" in plan.verdict
+        assert any(why in plan.verdict for why in ("no further move", "max_migrations",
+                                                   "the lowest the search found")), plan.verdict
+
+
+def safe_spread(nodes, guests, policy, moves, names):
+    """The spread after the moves in this order, or None if one of them finds no room on
+    its target when it runs (or its guest is not where the move starts)."""
+    load, placed = prs._Load(nodes, guests, policy), dict(guests)
+    for m in moves:
+        g = placed[m.vmid]
+        if g.node != m.source or load.room_for(g, m.target):
+            return None
+        load.apply(g, m.target)
+        placed[m.vmid] = dataclasses.replace(g, node=m.target)
+    return prs.spread_of(load.usage(n) for n in names)
 
 
 @PROPS
 @given(clusters())
-def test_every_move_strictly_improves_without_overshoot(data):
+def test_a_plan_improves_the_balance_by_more_than_noise(data):
+    # Moves may make room for each other (a chain), so a single move need not improve
+    # the balance; the plan as a whole must, by at least MIN_GAIN, and move a guest once.
     nodes, guests, policy = data
     plan = prs.plan(nodes, guests, policy)
-    current_nodes, current_guests = nodes, guests
-    for i, m in enumerate(plan.moves):
-        u, _ = usage(current_nodes, current_guests, policy)
-        step = dataclasses.replace(plan, moves=plan.moves[i:i + 1])
-        current_nodes, current_guests = apply(current_nodes, current_guests, step)
-        u2, _ = usage(current_nodes, current_guests, policy)
-        assert u2[m.target] < u[m.source], "the target never ends above where the source was"
-        assert u2[m.source] < u[m.source] or prs.guest_load(guests[m.vmid], policy) == 0
+    assert len({m.vmid for m in plan.moves}) == len(plan.moves), "a guest moves at most once"
+    if not plan.moves or any(m.drain for m in plan.moves):
+        return
+    assert plan.spread_after <= plan.spread_before - prs.MIN_GAIN + 1e-9
 
 
 @PROPS
@@ -172,8 +178,15 @@ def test_idempotent_and_deterministic(data):
     assert prs.plan(nodes, guests, policy) == plan
     after_nodes, after_guests = apply(nodes, guests, plan)
     unlimited = dataclasses.replace(policy, max_migrations=0)
-    if not policy.max_migrations:
-        assert prs.plan(after_nodes, after_guests, unlimited).moves == ()
+    if policy.max_migrations:
+        return
+    again = prs.plan(after_nodes, after_guests, unlimited)
+    if plan.spread_after <= policy.balanciness:
+        assert again.moves == ()
+    elif again.moves:
+        # Out of reach, a later run may still find a better end state (the search is not
+        # exhaustive), but only a real one: never migrations at the same spread (churn).
+        assert again.spread_after <= plan.spread_after - prs.MIN_GAIN + 1e-9
 
 
 @PROPS
@@ -313,8 +326,10 @@ def test_a_finished_plan_is_polished_to_fewer_migrations(monkeypatch, cluster):
     policy = Policy()
     plan = prs.plan(snap.nodes, snap.guests, policy)
     assert plan.spread_after <= 10 and len(plan.moves) == 2
+    greedy = Policy(search_steps=0)
+    assert len(prs.plan(snap.nodes, snap.guests, greedy).moves) == 2
     monkeypatch.setattr(prs, "POLISH_BUDGET", 0)
-    assert len(prs.plan(snap.nodes, snap.guests, policy).moves) == 3
+    assert len(prs.plan(snap.nodes, snap.guests, greedy).moves) == 3
 
 
 @PROPS
@@ -325,11 +340,9 @@ def test_no_migration_of_a_finished_plan_can_be_left_out(data):
     plan = prs.plan(nodes, guests, policy)
     names = [n for n in sorted(nodes) if prs.node_role(nodes[n], policy) == "" and
              prs.node_capacity(nodes[n], policy) > 0]
-    if plan.spread_after > policy.balanciness or not plan.moves or \
-            len(plan.moves) ** 2 * len(names) > prs.POLISH_BUDGET:
+    if plan.spread_after > policy.balanciness or not plan.moves:
         return
-    start = prs._Load(nodes, guests, policy)
     for i in range(len(plan.moves)):
         rest = list(plan.moves[:i] + plan.moves[i + 1:])
-        spread = prs.spread_if_valid(start, guests, rest, names)
+        spread = safe_spread(nodes, guests, policy, rest, names)
         assert spread is None or spread > policy.balanciness, "migration %d was not needed" % i
