@@ -27,8 +27,13 @@ Part 1, widened set (hard): the same comparison on instances built directly as N
   (hard_instance(): no fake cluster, so they test the planner alone, while the fake-read
   instances above test it on what PRS's collector reads), in five families (mixed,
   heavy-tailed, uneven node sizes, nearly full, many pinned guests), mostly memory, some
-  CPU and disk; where balanciness is out of reach, the lowest reachable spread. PRS's moves
-  are also replayed in order to check every intermediate step against its hard limits.
+  CPU and disk; where balanciness is out of reach, the lowest reachable spread. Since the
+  MILP sees only end states, its optimum is checked for a safe order of its migrations (every
+  one finding room on its target when it runs, exhaustively over the subsets of moves done);
+  an end state without one is excluded (a no-good cut) and the MILP solved again, so the
+  optimum PRS is scored against is reachable through safe steps (without stop-overs, which
+  PRS may use). PRS's moves are also replayed in order to check every intermediate step
+  against its hard limits.
 Part 1, held-out set (heldout): the same generator on other seeds (from 100000), reported
   on its own: reached on >= 95 % of the reachable instances and <= 1.2x the optimum's
   migrations (goals 100 % and 1.1x).

@@ -569,3 +569,34 @@ def test_max_migrations_caps_the_whole_run_not_each_round(cluster, run):
     result = run(c, "--once", "--json", extra="max_migrations = 2\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.doc["migrations"]) == 2 and len(c.migrations) == 2
+
+
+def test_a_stop_over_runs_in_order_with_parallel_migrations(cluster, run):
+    # tests/test_planner.py's stop-over cluster on the fake: pve1 is full, pve2 sends its
+    # 32 GiB VM to pve1 by way of pve3 and takes pve1's 48 GiB VM. With three migrations
+    # at a time allowed (also per node), each must still find room on its target when it
+    # starts: a VM leaving a node holds its memory there until its migration ends, so
+    # pve1's VM may enter pve2 only once the 32 GiB VM is gone, and the second leg waits.
+    def vm(vmid, node, gib):
+        return {"vmid": vmid, "name": "vm%d" % vmid, "node": node, "maxmem_gib": gib, "mem_gib": gib,
+                "maxcpu": 1, "cpu": 0.1}
+    spec = {"pve1": (64, [(100, 8), (101, 48)]), "pve2": (96, [(102, 16), (103, 32), (104, 2)]),
+            "pve3": (128, [(105, 24), (106, 48)])}
+    c = cluster({"nodes": [{"name": n, "maxcpu": 32, "maxmem_gib": size, "base_mem_gib": 0}
+                           for n, (size, _) in spec.items()],
+                 "guests": [vm(vmid, n, gib) for n, (_, vms) in spec.items() for vmid, gib in vms]},
+                time_scale=0.05)
+    result = run(c, "--once", "--json", extra="parallel_migrations = 3\nparallel_per_node = 3\nnode_reserve = 10\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    migrations = result.doc["migrations"]
+    assert all(m["status"] == "done" for m in migrations), migrations
+    legs = [m for m in migrations if sum(n["vmid"] == m["vmid"] for n in migrations) == 2]
+    assert len(legs) == 2 and legs[0]["reason"].startswith("stop-over on"), migrations
+    tasks = {(int(t["id"]), t["node"]): t for t in c.tasks("qmigrate")}
+    first, second = tasks[(103, "pve2")], tasks[(103, "pve3")]
+    assert second["_began"] >= first["_ended"], "the second leg waits for the first"
+    assert tasks[(101, "pve1")]["_began"] >= first["_ended"], "no entry before the room is free"
+    assert c.guests()[legs[0]["vmid"]]["node"] == legs[1]["target"]
+    for name, u in c.node_usage().items():
+        assert u["assigned_mem"] <= 0.9 * u["maxmem"] + 1, "the reserve holds on %s" % name
+    assert "stop-over on" in result.stderr and "Traceback" not in result.stderr

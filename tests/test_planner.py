@@ -1,6 +1,7 @@
 """The planning core, by property over random clusters (hypothesis) and by example."""
 
 import dataclasses
+import itertools
 import os
 
 import pytest
@@ -164,7 +165,9 @@ def test_a_plan_improves_the_balance_by_more_than_noise(data):
     # the balance; the plan as a whole must, by at least MIN_GAIN, and move a guest once.
     nodes, guests, policy = data
     plan = prs.plan(nodes, guests, policy)
-    assert len({m.vmid for m in plan.moves}) == len(plan.moves), "a guest moves at most once"
+    for m in plan.moves:                 # a guest moves once, or twice with a stop-over
+        legs = [n for n in plan.moves if n.vmid == m.vmid]
+        assert len(legs) == 1 or len(legs) == 2 and legs[0].reason.startswith("stop-over"), plan.moves
     if not plan.moves or any(m.drain for m in plan.moves):
         return
     assert plan.spread_after <= plan.spread_before - prs.MIN_GAIN + 1e-9
@@ -346,3 +349,102 @@ def test_no_migration_of_a_finished_plan_can_be_left_out(data):
         rest = list(plan.moves[:i] + plan.moves[i + 1:])
         spread = safe_spread(nodes, guests, policy, rest, names)
         assert spread is None or spread > policy.balanciness, "migration %d was not needed" % i
+
+
+# --------------------------------------------------------------------------------------
+# Swaps, chains and stop-overs (the end-state search), checked against every placement
+# --------------------------------------------------------------------------------------
+
+def memory_cluster(spec):
+    """{node: (GiB, [(vmid, GiB), ...])}: VMs that use all their memory, nodes with nothing else."""
+    guests = {vmid: Guest(vmid, "vm%d" % vmid, "qemu", node, maxmem=gib * GIB, mem=gib * GIB, maxcpu=1, cpu=0.1)
+              for node, (_, vms) in spec.items() for vmid, gib in vms}
+    nodes = {node: Node(node, maxcpu=32, cpu=1, maxmem=size * GIB, mem=sum(g for _, g in vms) * GIB,
+                        maxdisk=1000 * GIB) for node, (size, vms) in spec.items()}
+    return nodes, guests
+
+
+def fewest_safe_migrations(nodes, guests, policy):
+    """By brute force over every placement: the fewest migrations of a plan without
+    stop-overs that reaches balanciness with every step finding room on its target (some
+    order of the moves, checked over all subsets), or None if there is none."""
+    names = balanced_names(nodes, policy)
+    movable = sorted(guests.values(), key=lambda g: g.vmid)
+    best = None
+    for combo in itertools.product(names, repeat=len(movable)):
+        targets = {g.vmid: t for g, t in zip(movable, combo, strict=True) if t != g.node}
+        if best is not None and len(targets) >= best:
+            continue
+        load = prs._Load(nodes, guests, policy)
+        for vmid, t in targets.items():
+            load.apply(guests[vmid], t)
+        if prs.spread_of(load.usage(n) for n in names) > policy.balanciness:
+            continue
+        if safe_order_exists(nodes, guests, policy, targets):
+            best = len(targets)
+    return best
+
+
+def safe_order_exists(nodes, guests, policy, targets):
+    moves = sorted(targets.items())
+    seen, todo = {0}, [0]
+    while todo:
+        done = todo.pop()
+        if done == (1 << len(moves)) - 1:
+            return True
+        load, placed = prs._Load(nodes, guests, policy), dict(guests)
+        for i, (vmid, t) in enumerate(moves):
+            if done >> i & 1:
+                load.apply(placed[vmid], t)
+                placed[vmid] = dataclasses.replace(placed[vmid], node=t)
+        for i, (vmid, t) in enumerate(moves):
+            if not done >> i & 1 and done | 1 << i not in seen and not load.room_for(placed[vmid], t):
+                seen.add(done | 1 << i)
+                todo.append(done | 1 << i)
+    return False
+
+
+def test_a_big_guest_moves_where_smaller_ones_make_room():
+    # pve1's 48 GiB VM is most of its load; the balanced end state has it on pve2, and
+    # pve2's 16 GiB VM on pve1 -- which has room for it only once the 48 GiB VM has left.
+    nodes, guests = memory_cluster({"pve1": (96, [(100, 24), (101, 48)]), "pve2": (128, [(102, 16), (103, 2)]),
+                                    "pve3": (96, [(104, 24), (105, 24), (106, 4)])})
+    policy = Policy()
+    greedy = prs.plan(nodes, guests, dataclasses.replace(policy, search_steps=0))
+    assert greedy.spread_after > 10, "one improving move at a time cannot get there"
+    plan = prs.plan(nodes, guests, policy)
+    assert plan.spread_after <= 10
+    assert len(plan.moves) == fewest_safe_migrations(nodes, guests, policy) == 3
+    assert safe_spread(nodes, guests, policy, plan.moves, balanced_names(nodes, policy)) is not None
+    into_pve1 = next(m for m in plan.moves if m.target == "pve1")
+    assert into_pve1.reason.endswith("room on pve1 made by moving vm101 (101) off it first"), into_pve1.reason
+
+
+def test_a_stop_over_where_it_is_cheaper_than_any_plan_without(monkeypatch):
+    # pve1 is full and holds one big VM; pve2 must send its 32 GiB VM to pve1 and take the
+    # big one, but neither fits first: the 32 GiB VM waits on pve3 until pve1 has room.
+    spec = {"pve1": (64, [(100, 8), (101, 48)]), "pve2": (96, [(102, 16), (103, 32), (104, 2)]),
+            "pve3": (128, [(105, 24), (106, 48)])}
+    nodes, guests = memory_cluster(spec)
+    policy = Policy()
+    plan = prs.plan(nodes, guests, policy)
+    assert plan.spread_after <= 10
+    assert len(plan.moves) < fewest_safe_migrations(nodes, guests, policy), "cheaper than any plan without"
+    assert safe_spread(nodes, guests, policy, plan.moves, balanced_names(nodes, policy)) is not None
+    twice = [m for m in plan.moves if sum(n.vmid == m.vmid for n in plan.moves) == 2]
+    assert len(twice) == 2 and twice[0].reason.startswith("stop-over on %s on its way to %s" % (
+        twice[0].target, twice[1].target)), [m.reason for m in plan.moves]
+    assert twice[1].source == twice[0].target and twice[1].reason.endswith("on from its stop-over")
+    monkeypatch.setattr(prs, "SEARCH_HOPS", 0)
+    without = prs.plan(nodes, guests, policy)
+    assert without.spread_after > 10 or len(without.moves) > len(plan.moves)
+
+
+def test_no_stop_over_where_a_plan_without_one_is_as_short():
+    nodes, guests = memory_cluster({"pve1": (128, [(100, 48), (101, 2), (102, 8), (103, 32)]),
+                                    "pve2": (64, [(104, 48)]), "pve3": (128, [(105, 16), (106, 32), (107, 24)])})
+    policy = Policy()
+    plan = prs.plan(nodes, guests, policy)
+    assert plan.spread_after <= 10
+    assert len({m.vmid for m in plan.moves}) == len(plan.moves), [m.reason for m in plan.moves]
+    assert len(plan.moves) == fewest_safe_migrations(nodes, guests, policy)
