@@ -442,11 +442,7 @@ def part_optimum(prs, args):
             found += 1
             nodes2, guests2 = apply_moves(prs, nodes, guests, p.moves)
             again = prs.plan(nodes2, guests2, policy)
-            opt = solve_optimum(prs, nodes, guests, policy, args.milp_time_limit)
-            if not opt['feasible'] and opt['status'] == 2:      # infeasible: how low can it go?
-                best = solve_optimum(prs, nodes, guests, policy, args.milp_time_limit, minimise_spread=True)
-                opt['best_spread'] = best.get('spread')
-                opt['best_spread_proven'] = best.get('proven')
+            opt = hard_optimum(prs, nodes, guests, policy, args.milp_time_limit)
             prs_moves = len(p.moves)
             rec = {'method': method, 'seed': seed, 'nodes': n_nodes, 'guests': n_guests,
                    'spread_before': round(p.spread_before, 2),
@@ -456,16 +452,22 @@ def part_optimum(prs, args):
                            'limit_violations': check_limits(prs, nodes, guests, policy, p.moves)},
                    'optimum': {k: (round(v, 2) if isinstance(v, float) else v)
                                for k, v in opt.items() if k not in ('message', 'moved')}}
-            if opt.get('feasible'):
-                m = opt['migrations']
+            rec['reach'] = reach_of(opt)
+            if rec['reach'] == 'safe':
+                m = opt['safe']['migrations']
                 rec['ratio'] = round(prs_moves / m, 3) if m else (1.0 if prs_moves == 0 else None)
             results.append(rec)
         say()
         rows = []
         for r in (x for x in results if x['method'] == method):
             o, q = r['optimum'], r['prs']
-            if o.get('feasible'):
-                opt_txt = '%d%s' % (o['migrations'], '' if o['proven'] else ' (not proven optimal)')
+            if r['reach'] == 'safe':
+                safe = o['safe']
+                opt_txt = '%d%s' % (safe['migrations'], '' if safe['migrations'] == o['migrations']
+                                    else ' (end state %d)' % o['migrations'])
+                ospread, ogib = fmt(safe['spread']), fmt(safe['gib'])
+            elif o.get('feasible'):
+                opt_txt = '%d (%s)' % (o['migrations'], r['reach'])
                 ospread, ogib = fmt(o['spread']), fmt(o['gib'])
             else:
                 opt_txt = 'cannot reach %g' % BALANCINESS if o['status'] == 2 else 'no answer (%s)' % o['status']
@@ -499,7 +501,8 @@ def optimum_summary(results):
     out = {}
     for method in METHODS + ('all',):
         rs = [r for r in results if method in ('all', r['method'])]
-        feas = [r for r in rs if r['optimum'].get('feasible')]
+        feas = [r for r in rs if r['reach'] == 'safe']
+        other = [r for r in rs if r['reach'] in ('end state only', 'unsettled')]
         # Migrations are compared where both reach balanciness: a plan that stops short
         # is counted against the spread target, not rewarded for moving less.
         both = [r for r in feas if r['prs']['spread'] <= BALANCINESS + 1e-9]
@@ -514,17 +517,17 @@ def optimum_summary(results):
             'end_state_only': sum(1 for r in other if r['reach'] == 'end state only'),
             'safe_unsettled': sum(1 for r in other if r['reach'] == 'unsettled'),
             'prs_reaches_other': sum(1 for r in other if r['prs']['spread'] <= BALANCINESS + 1e-9),
-            'other': ['seed %d %s/%s (%s): PRS %.1f with %d moves; end-state optimum %d moves to %.1f' % (
-                r['seed'], r['family'], r['method'], r['reach'], r['prs']['spread'], r['prs']['migrations'],
+            'other': ['seed %d %s (%s): PRS %.1f with %d moves; end-state optimum %d moves to %.1f' % (
+                r['seed'], r['method'], r['reach'], r['prs']['spread'], r['prs']['migrations'],
                 r['optimum']['migrations'], r['optimum']['spread']) for r in other],
             'moves_ratio': round(prs_moves / opt_moves, 3) if opt_moves else None,
             'worst_ratio': max(ratios) if ratios else None,
             'within_1_2': sum(1 for x in ratios if x <= 1.2 + 1e-9),
             'compared': len(both),
             'prs_gib': round(sum(r['prs']['gib'] for r in both), 1),
-            'opt_gib': round(sum(r['optimum']['gib'] for r in both), 1),
+            'opt_gib': round(sum(r['optimum']['safe']['gib'] for r in both), 1),
             'stopped_short': ['seed %d: %.1f (optimum %d moves to %.1f)' % (
-                r['seed'], r['prs']['spread'], r['optimum']['migrations'], r['optimum']['spread'])
+                r['seed'], r['prs']['spread'], r['optimum']['safe']['migrations'], r['optimum']['safe']['spread'])
                 for r in feas if r['prs']['spread'] > BALANCINESS + 1e-9],
             'not_proven': sum(1 for r in rs if r['optimum'].get('feasible') and not r['optimum']['proven']),
             'second_run_moves': sum(r['prs']['second_run_moves'] for r in rs),
