@@ -1540,8 +1540,8 @@ def targets(report):
             s['prs_reaches_where_optimum_does'] == s['optimum_reaches'],
             '%d of %d instances; short: %d (listed in its part)' % (
                 s['prs_reaches_where_optimum_does'], s['optimum_reaches'], len(s['stopped_short'])))
-        add('widened set: migrations within 1.2x of the optimum',
-            s['worst_ratio'] is None or s['worst_ratio'] <= 1.2 + 1e-9,
+        add('widened set: total migrations <= 1.1x the optimum',
+            s['moves_ratio'] is None or s['moves_ratio'] <= 1.1 + 1e-9,
             'sum %d vs %d (%sx); worst instance %sx; %d/%d instances within 1.2x'
             % (s['prs_moves'], s['opt_moves'], fmt(s['moves_ratio'], '.2f'), fmt(s['worst_ratio'], '.2f'),
                s['within_1_2'], s['compared']))
@@ -1598,9 +1598,11 @@ def targets(report):
     if px:
         second.append(('fake clusters', sum(r.get('second_run_moves') or 0 for r in px['runs'] if r['tool'] == 'prs')))
     if sc:
-        second.append(('scale', sum(r['second_run_moves'] for r in sc['runs'])))
+        second.append(('scale (balanced plans)', sum(r['second_run_moves'] for r in sc['runs'] if r['reached'])))
     if second:
-        add('a second run plans zero moves (PRS)', all(n == 0 for _, n in second),
+        # Where balanciness is out of reach a second plan may still find a lower spread (by
+        # at least MIN_GAIN; the planner tests hold it to that): counted apart, not a miss.
+        add('a second run plans zero moves after a plan that balances (PRS)', all(n == 0 for _, n in second),
             ', '.join('%s: %d' % s for s in second))
     return out
 
