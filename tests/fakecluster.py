@@ -50,6 +50,8 @@ try:
     from fakepve.lxc import FakeCt
     from fakepve.model import PveError, TaskError
     from fakepve.server import API, USER, FakePve
+    from fakepve.server import ok as fakepve_ok
+    from fakepve.server import params as fakepve_params
     from fakepve.server import error as pve_error_response
 except ImportError as exc:  # pragma: no cover - a clear message beats a traceback
     raise SystemExit("fakecluster needs fakepve 0.5.0: pip install 'fakepve[crypto,pytest]==0.5.0' ({0})"
@@ -520,6 +522,7 @@ class ClusterPve(FakePve):
         self.started_at = time.time()
         self.migrations = []          # completed real migrations (see _record_migration)
         self.crm_log = []             # what the HA manager decided, for tests to read
+        self.verifications = []       # verify-mode checks of POST /access/ticket (see _ticket)
         self.request_counts = collections.Counter()
         self.wire = []                # every /api2/json request with its answer (_wire_entry)
         self.usage_log = []           # (time, {node: figures}) at every change (note_usage)
@@ -1363,6 +1366,50 @@ class ClusterPve(FakePve):
             return session['user'] == user and session['expires'] >= time.time()
         return super().check_password(user, password)
 
+    def check_permissions(self, user, perms, values, declared=None):
+        # pve-access-control src/PVE/RPCEnvironment.pm `check_api2_permissions`: `user => 'all'`
+        # admits every authenticated user before any `check`, which then only says what the
+        # method itself filters (GET /cluster/options, say); fakepve 0.5.0 applies the check.
+        if user is not None and perms and perms.get('user') == 'all':
+            return None
+        return super().check_permissions(user, perms, values, declared)
+
+    async def _ticket(self, request):
+        """POST /access/ticket. With `path` and `privs` it is Proxmox's verify mode, which
+        fakepve 0.5.0 ignores (it would hand out a fresh ticket to anyone presenting a live
+        one): pve-access-control src/PVE/API2/AccessControl.pm `create_ticket` calls
+        `verify_auth`, which accepts a valid ticket only if its user is `username` (else it
+        falls back to a password check), then requires every privilege of `privs` on
+        `path` ($rpcenv->check, inherited ACLs count). Success answers {username, cap} and
+        no ticket; any failure is a bare 401 "authentication failure" (no hint, against
+        user enumeration). The schema makes `path` and `privs` require each other."""
+        p = await fakepve_params(request)
+        path, privs = p.get('path'), p.get('privs')
+        if not path and not privs:
+            return await super()._ticket(request)
+        if not (path and privs):
+            missing = 'privs' if path else 'path'
+            raise PveError(400, 'Parameter verification failed.',
+                           {missing: "property is missing and it is not optional"})
+        user = str(p.get('username', ''))
+        if p.get('realm'):
+            user += '@' + str(p['realm'])
+        password = str(p.get('password', ''))
+        self.verifications.append({'username': user, 'path': path, 'privs': privs})
+        # a live ticket of this very user, else the user's password (authenticate_user)
+        session = self.tickets.get(password)
+        if session is not None:
+            known = session['user'] == user and session['expires'] >= time.time()
+        else:
+            known = FakePve.check_password(self, user, password)
+        wanted = [x for x in re.split(r'[,;\s]+', str(privs)) if x]
+        if not (known and wanted and all(self.allowed(user, path, x) for x in wanted)):
+            raise PveError(401, 'authentication failure')
+        data = {'username': user, 'cap': {}}
+        if self.allowed(user, '/', 'Sys.Audit'):
+            data['clustername'] = self.cluster_name
+        return fakepve_ok(data)
+
     @staticmethod
     def _strict_boolean_errors(info, values):
         """fakepve 0.5.0 accepts true/yes/on for boolean parameters; Proxmox only 1 or 0
@@ -1782,8 +1829,22 @@ class ClusterPve(FakePve):
         return self._guest_rrd(self._find_ct(v['node'], v['vmid']), v.get('timeframe'))
 
     async def _cluster_options(self, v, user):
-        return {'crs': dict(self.crs), 'keyboard': 'en-us', 'migration': {'type': 'secure'},
-                'description': 'fakecluster {0}'.format(self.cluster_name)}
+        """pve-manager PVE/API2/Cluster.pm `get_options`: datacenter.cfg for Sys.Audit on /
+        (else only console and tag-style, none of which the fake sets), plus the read-only
+        'allowed-tags' always (the web UI iterates it): pve-guest-common
+        src/PVE/GuestHelpers.pm `get_allowed_tags` with the default user-tag-access 'free'
+        gives the tags of every guest the user may audit (all of them with Sys.Modify on /)."""
+        res = {}
+        if self.allowed(user, '/', 'Sys.Audit'):
+            res = {'crs': dict(self.crs), 'keyboard': 'en-us', 'migration': {'type': 'secure'},
+                   'description': 'fakecluster {0}'.format(self.cluster_name)}
+        privileged = self.allowed(user, '/', 'Sys.Modify')
+        tags = set()
+        for g in self.all_guests():
+            if privileged or self.allowed(user, '/vms/{0}'.format(g.vmid), 'VM.Audit'):
+                tags.update(t for t in re.split(r'[,;\s]+', g.config.get('tags', '')) if t)
+        res['allowed-tags'] = sorted(tags)
+        return res
 
     # --- tasks ---
 
@@ -2316,6 +2377,7 @@ class FakeCluster(object):
         os.makedirs(directory, exist_ok=True)
         certfile, keyfile, _ = make_cert(directory, name='fakecluster', hosts=('127.0.0.1',))
         self.cafile = certfile
+        self.keyfile = keyfile        # the web UI endpoint's tests serve the same pair, as PRS on a node does
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -2402,6 +2464,10 @@ class FakeCluster(object):
 
     def add_user(self, user, password):
         self._call(self.pve.users.__setitem__, user, password)
+
+    def verifications(self):
+        """The verify-mode checks POST /access/ticket answered so far (ClusterPve._ticket)."""
+        return self._call(lambda: list(self.pve.verifications))
 
     @property
     def ticket_ttl(self):

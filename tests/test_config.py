@@ -48,6 +48,19 @@ def test_shipped_example_refuses_until_filled_in_then_works(tmp_path):
     assert cfg.daemon and cfg.schedule == 24 and cfg.method == "memory"
 
 
+def test_the_ui_section_and_its_default_from_the_web_ui_package(tmp_path, monkeypatch):
+    assert prs.load_config(write(tmp_path, GOOD)).ui_port == 0                 # off without the package
+    monkeypatch.setenv("PRS_UI_PORT", "8016")                                   # its systemd drop-in
+    assert prs.load_config(write(tmp_path, GOOD)).ui_port == 8016
+    assert prs.load_config(write(tmp_path, GOOD + "[ui]\nport = 0\n")).ui_port == 0
+    cfg = prs.load_config(write(tmp_path, GOOD + "[service]\nschedule = 0\n[ui]\nport = 9443\n"
+                                "allowed_origins = https://PVE.example.com:8006, https://[fd00::1]:8006/, "
+                                "https://pve.example.com\ncertificate = /etc/ssl/prs.pem\nkey = /etc/ssl/prs.key\n"))
+    assert (cfg.ui_port, cfg.schedule) == (9443, 0.0)
+    assert cfg.ui_origins == ("https://pve.example.com:8006", "https://[fd00::1]:8006", "https://pve.example.com")
+    assert (cfg.ui_cert, cfg.ui_key) == ("/etc/ssl/prs.pem", "/etc/ssl/prs.key")
+
+
 def test_every_option(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
@@ -106,8 +119,15 @@ BAD = [
     (GOOD + "[balancing]\nignore_nodes = pve 1\n", "[balancing] ignore_nodes", "not a valid node name"),
     (GOOD + "[balancing]\nignore_nodes = pve1\nmaintenance_nodes = pve1\n",
      "[balancing] maintenance_nodes", "also in ignore_nodes"),
-    (GOOD + "[service]\nschedule = 0\n", "[service] schedule", "out of range"),
+    (GOOD + "[service]\nschedule = 0\n", "[service] schedule", "needs the web UI endpoint ([ui] port)"),
+    (GOOD + "[service]\nschedule = -1\n", "[service] schedule", "out of range"),
     (GOOD + "[service]\ndaemon = 2\n", "[service] daemon", "not a boolean"),
+    (GOOD + "[ui]\nport = 70000\n", "[ui] port", "out of range"),
+    (GOOD + "[ui]\nallowed_origins = http://pve1:8006\n", "[ui] allowed_origins", "not an origin like"),
+    (GOOD + "[ui]\nallowed_origins = https://pve1:8006/ui\n", "[ui] allowed_origins", "not an origin like"),
+    (GOOD + "[ui]\nallowed_origins = https://pve1:x\n", "[ui] allowed_origins", "no valid port"),
+    (GOOD + "[ui]\ncertificate = /etc/ssl/a.pem\n", "[ui] key", "go together"),
+    (GOOD + "[ui]\ncertificate = a.pem\nkey = a.key\n", "[ui] certificate", "not an absolute path"),
     (GOOD + "[service]\nlog_level = loud\n", "[service] log_level", "not one of"),
     ("[proxmox]\napi_user = root@pam\napi_pass = x\n", "[proxmox] api_host", "missing"),
     ("[proxmox]\napi_host = h:99999\napi_user = root@pam\napi_pass = x\n", "[proxmox] api_host", "host:port"),

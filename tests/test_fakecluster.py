@@ -157,6 +157,19 @@ def test_usage_follows_migration(cluster):
     assert c.placement()[101] == 'pve3'
 
 
+def test_cluster_options_as_each_user_may_see_them(cluster):
+    """pve-manager PVE/API2/Cluster.pm `get_options`: 'allowed-tags' for everyone (the web UI
+    iterates it), the datacenter settings only with Sys.Audit on /."""
+    c = cluster('small.json')
+    assert api_for(c).cluster.options.get()['allowed-tags'] == ['db', 'prod']
+    c.add_user('web@pve', 'web-pw')
+    c.add_user('vm102@pve', 'pw102')
+    c.grant('web@pve', '/vms/101', 'VM.Audit')
+    c.grant('vm102@pve', '/vms/102', 'VM.Audit')
+    assert api_for(c, user='web@pve', password='web-pw').cluster.options.get() == {'allowed-tags': ['db', 'prod']}
+    assert api_for(c, user='vm102@pve', password='pw102').cluster.options.get() == {'allowed-tags': []}
+
+
 def test_cluster_status_options_and_quorum(cluster):
     c = cluster('small.json')
     api = api_for(c)

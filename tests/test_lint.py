@@ -48,5 +48,5 @@ def test_chapters_in_reading_order():
     names = [b.split(":")[0] for b in banners]
     assert names == ["Imports", "Constants and exit codes", "Errors", "Data model", "Configuration",
                      "Planning core", "State across runs", "Proxmox adapter", "One instance per cluster",
-                     "Executor", "Reports", "Service",
+                     "Executor", "Reports", "Service", "Web UI endpoint",
                      "Command line"], names
