@@ -41,3 +41,40 @@ venv_for() {    # venv_for NAME REQUIREMENT... -> path of a ready virtual enviro
     fi
     echo "$dir"
 }
+
+need_node_modules() {   # jsdom + extjs-gpl for tests/webui (node --test) in $PRS_NODE_DIR
+    local dir=${PRS_NODE_DIR:-$VENVS/node}
+    need_debian_tool node nodejs
+    need_debian_tool npm
+    if [ ! -d "$dir/node_modules/jsdom" ] || ! cmp -s tests/webui/package-lock.json "$dir/package-lock.json"; then
+        echo "preparing $dir (npm ci: jsdom, extjs-gpl)" >&2
+        mkdir -p "$dir"
+        cp tests/webui/package.json tests/webui/package-lock.json "$dir/"
+        npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
+    fi
+    export PRS_NODE_DIR=$dir
+}
+
+# need_realui: for tests/lib.sh (sourced; uses its as_root and need_debian_tool). Installs what
+# tests/test_realui.py needs besides the Proxmox source mirrors: Debian chromium, Template Toolkit
+# (renders pve-manager's index.html.tpl), libjs-marked (bundled into proxmoxlib.js), Font Awesome,
+# make/git (tests/realui/build.sh), and npm's extjs-gpl 6.2.0 into $PRS_REALUI_CACHE/npm.
+need_realui() {
+    local cache=${PRS_REALUI_CACHE:-$PWD/.venv/realui} missing='' p
+    for p in chromium libtemplate-perl libjs-marked fonts-font-awesome make git; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+        echo "installing$missing from Debian" >&2
+        as_root apt-get update -qq
+        # shellcheck disable=SC2086
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    if [ ! -f "$cache/npm/node_modules/extjs-gpl/build/ext-all.js" ]; then
+        need_debian_tool npm
+        echo "installing extjs-gpl 6.2.0 from npm into $cache/npm" >&2
+        mkdir -p "$cache/npm"
+        npm install --prefix "$cache/npm" --no-save --no-audit --no-fund --loglevel=error extjs-gpl@6.2.0 >&2
+    fi
+    export PRS_REALUI_CACHE=$cache
+}

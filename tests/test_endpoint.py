@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -420,13 +421,13 @@ def test_origin_rules():
 
 
 def test_the_certificate_is_reloaded_when_it_changes(tmp_path, monkeypatch):
-    from fakepve.certs import make_cert
+    make_cert = pytest.importorskip("fakepve.certs", reason="needs fakepve (tests/requirements.txt)").make_cert
     monkeypatch.setattr(prs, "UI_CERT_CHECK", 0.0)
     first, key, _ = make_cert(str(tmp_path), name="first", hosts=("127.0.0.1",))
     cfg = prs.Config(path="x", api_hosts=(prs.ApiHost("h"),), api_user="root@pam", api_pass="x",
                      ui_cert=str(tmp_path / "cert.pem"), ui_key=str(tmp_path / "cert.key"))
-    (tmp_path / "cert.pem").write_bytes(open(first, "rb").read())
-    (tmp_path / "cert.key").write_bytes(open(key, "rb").read())
+    shutil.copyfile(first, tmp_path / "cert.pem")
+    shutil.copyfile(key, tmp_path / "cert.key")
     tls = prs.UiTls(cfg)
     one = tls.context()
     assert tls.context() is one

@@ -1,0 +1,1 @@
+"""The real Proxmox VE web UI in headless Chromium: see tests/test_realui.py."""
