@@ -34,7 +34,7 @@ BUILD = os.path.join(TESTS_DIR, 'realui', 'build.sh')
 MIRRORS = os.environ.get('PRS_MIRROR_DIR', '/work/.mirror')
 ADDON = os.environ.get('PRS_REALUI_ADDON') or os.path.join(REPO_DIR, 'webui', 'pve-prs-ui.js')
 STANDIN = os.path.join(TESTS_DIR, 'realui', 'standin.js')
-RELEASES = ['8.4', '9.2']
+RELEASES = ['7.4', '8.4', '9.0', '9.2']
 # The only request allowed to fail: Debian's fonts-font-logos is not part of the test tree.
 EXPECTED_404 = re.compile(r'/pve2/font-logos/css/font-logos\.css$')
 
@@ -138,12 +138,16 @@ class RealUi(object):
     def js(self, expression):
         return self.browser.evaluate(expression)
 
-    def login(self, user='root', password='secret'):
+    def login(self, user='root', password='secret', realm=None, page='/'):
         b = self.browser
-        b.navigate(self.server.url + '/')
+        b.navigate(self.server.url + page)
         b.wait_for("!!(window.Ext && Ext.isReady && Ext.ComponentQuery.query('textfield[name=username]').length)",
                    what='the login form')
         self.shot('1-login')
+        if realm:       # the realm picker of the login form (the realms GET /access/domains lists)
+            b.wait_for("Ext.ComponentQuery.query('field[name=realm]')[0].getStore().getCount() > 1",
+                       what='the realm list')
+            self.js("(Ext.ComponentQuery.query('field[name=realm]')[0].setValue('%s'), 1)" % realm)
         b.click(*b.center(field('username')))
         b.insert_text(user)
         b.click(*b.center(field('password')))
@@ -343,3 +347,44 @@ def test_the_panel_reaches_a_running_prs_endpoint(realui, run, release, tmp_path
     ui.shot('actions')
     ui.assert_clean()
     assert time.monotonic() - ui.started < 60
+
+
+@pytest.mark.parametrize('release', RELEASES)
+def test_users_without_the_privilege_see_greyed_buttons_or_no_item(realui, run, release, tmp_path):
+    """viewer@pve (Sys.Audit on /) sees the item and the figures, with both actions greyed out and
+    a hint why; the endpoint refuses the action all the same. nobody@pve (VM.Audit on its guests
+    only) has no HA menu, so no item, and no error."""
+    ui = realui(release, addon_file(tmp_path), run=run)
+    c = ui.cluster
+    c.add_user('viewer@pve', 'viewer-pw')
+    c.add_user('nobody@pve', 'nobody-pw')
+    c.grant('viewer@pve', '/', 'Sys.Audit', 'VM.Audit')
+    c.grant('nobody@pve', '/vms', 'VM.Audit')
+    ui.login('viewer', 'viewer-pw', realm='pve')
+    ui.dismiss_subscription_notice()
+    ui.open_datacenter()
+    ui.open_menu('ha')
+    ui.open_menu('prs-rebalancing')
+    ui.browser.wait_for("%s.down('#nodes').getStore().getCount() > 0" % PANEL, what='the figures', timeout=30)
+    assert ui.js("%s.down('#rebalance').isDisabled() && %s.down('#maintenance').isDisabled()" % (PANEL, PANEL))
+    assert ui.js("%s.down('#hint').isVisible()" % PANEL)
+    ui.shot('viewer')
+    refused = ui.js("fetch('https://127.0.0.1:%d/prs/v1/rebalance', {method: 'POST', credentials: 'omit',"
+                    " headers: {'X-PRS-PVE-Ticket': Ext.util.Cookies.get('PVEAuthCookie'),"
+                    " 'Content-Type': 'application/json'}, body: '{}'})"
+                    ".then(function (r) { return r.json().then(function (d) { return [r.status, d]; }); })"
+                    % ui.prs_port)
+    assert refused[0] == 401 and 'viewer@pve lacks VM.Migrate' in refused[1]['error']
+    assert c.migrations == []
+    # that 401 was asked for; any other failed request still counts
+    ui.browser.http_errors[:] = [e for e in ui.browser.http_errors if not e[1].endswith('/prs/v1/rebalance')]
+    ui.assert_clean()
+
+    ui.js("(Proxmox.Utils.authClear(), 1)")     # log out (the cookie gone): a new page load shows the form
+    ui.login('nobody', 'nobody-pw', realm='pve', page='/?second-login')
+    ui.browser.wait_for("!!Ext.ComponentQuery.query('pveResourceTree')[0]", what='the workspace')
+    ui.dismiss_subscription_notice()            # GET /nodes/{node}/subscription is open to every user
+    ui.open_datacenter()
+    assert ui.js("!%s && !%s" % (menu_node('ha'), menu_node('prs-rebalancing')))
+    ui.shot('nobody')
+    ui.assert_clean()

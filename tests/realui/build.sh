@@ -1,5 +1,5 @@
 #!/bin/sh
-# tests/realui/build.sh RELEASE: prepare the real Proxmox VE web UI of RELEASE (8.4 or 9.2) from the
+# tests/realui/build.sh RELEASE: prepare the real Proxmox VE web UI of RELEASE (7.4, 8.4, 9.0 or 9.2) from the
 # Proxmox source mirrors, laid out like an installed PVE (usr/share/...), and print that root.
 #
 # Sources are bare git mirrors (no work tree): git archive <rev> | tar -x. The bundles are built with
@@ -17,7 +17,7 @@
 # Environment: PRS_REALUI_CACHE (default <repo>/.venv/realui), PRS_MIRROR_DIR (default /work/.mirror).
 set -eu
 
-RELEASE=${1:?usage: build.sh 8.4|9.2}
+RELEASE=${1:?usage: build.sh 7.4|8.4|9.0|9.2}
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${PRS_REALUI_CACHE:-$(dirname "$(dirname "$HERE")")/.venv/realui}
 MIRRORS=${PRS_MIRROR_DIR:-/work/.mirror}
@@ -28,9 +28,11 @@ FONTAWESOME=/usr/share/fonts-font-awesome
 
 # The release commits ("bump version to ..."), each with the toolkit release installed beside it.
 case $RELEASE in
+    7.4) PVE_REV=5d6e3351 PWT_REV=ad53b6d ;;    # pve-manager 7.4-20 (stable-7), toolkit 3.7.3 (stable-bullseye)
     8.4) PVE_REV=2606ac85 PWT_REV=33e1079 ;;    # pve-manager 8.4.21 (stable-8), toolkit 4.3.17 (stable-bookworm)
+    9.0) PVE_REV=5cacb35d PWT_REV=89f178f ;;    # pve-manager 9.0.18 (master), toolkit 5.1.1 (master; its debian/control minimum)
     9.2) PVE_REV=14a22df3 PWT_REV=4490430 ;;    # pve-manager 9.2.11 (master), toolkit 5.2.7 (master)
-    *) echo "build.sh: unknown release $RELEASE (8.4 or 9.2)" >&2; exit 2 ;;
+    *) echo "build.sh: unknown release $RELEASE (7.4, 8.4, 9.0 or 9.2)" >&2; exit 2 ;;
 esac
 
 EXTJS=
@@ -42,7 +44,7 @@ for need in "$PVE_GIT/HEAD" "$PWT_GIT/HEAD" "$MARKEDJS" "$FONTAWESOME/css/font-a
 done
 
 OUT=$CACHE/$RELEASE
-STAMP="pve-manager $PVE_REV toolkit $PWT_REV extjs $EXTJS layout 1"
+STAMP="pve-manager $PVE_REV toolkit $PWT_REV extjs $EXTJS layout 2"
 if [ -f "$OUT/root/.stamp" ] && [ "$(cat "$OUT/root/.stamp")" = "$STAMP" ]; then
     echo "$OUT/root"
     exit 0
@@ -60,6 +62,9 @@ PWT_VERSION=$(sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' "$SRC/widget-toolkit/debian/c
 
 # pve-manager: www/Makefile installs the template and u2f-api.js; its subdirectories the rest.
 echo 'const proxmoxOnlineHelpInfo = {};' > "$SRC/pve-manager/www/manager6/OnlineHelpInfo.js"
+# Releases before the switch to biome lint with eslint first (the .lint-incremental target of both
+# Makefiles): a stamp newer than every source makes that step a no-op, as BIOME=true does later.
+touch "$SRC/pve-manager/www/manager6/.lint-incremental" "$SRC/widget-toolkit/src/.lint-incremental"
 make -s -C "$SRC/pve-manager/www/manager6" install DESTDIR="$ROOT" BIOME=true WIDGETKIT= >&2
 make -s -C "$SRC/pve-manager/www/css" install DESTDIR="$ROOT" >&2
 make -s -C "$SRC/pve-manager/www/images" install DESTDIR="$ROOT" >&2
