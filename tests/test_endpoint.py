@@ -294,34 +294,11 @@ def test_schedule_zero_runs_nothing_by_itself_and_a_scheduled_daemon_reports_its
         assert (runs["last"], runs["next"], c2.migrations) == (None, None, [])
 
 
-def test_port_in_use_is_one_line_and_the_daemon_goes_on(cluster, run, tmp_path):
-    c = cluster("small.json")
-    with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        conf = run.conf(c, "[balancing]\n[service]\ndaemon = 1\n[ui]\nport = %d\ncertificate = %s\nkey = %s\n"
-                        % (port, c.cafile, c.keyfile))
-        notify = Notify(tmp_path / "busy.sock")
-        proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=dict(os.environ, NOTIFY_SOCKET=notify.path))
-        try:
-            assert notify.read_until("next run")
-            stop(proc)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        journal = proc.stderr.read()
-    assert re.search(r"\[ui\] port %d: cannot listen: .*; the web UI endpoint is off, rebalancing goes on"
-                     % port, journal), journal
-    assert "Traceback" not in journal
-
-
-def test_a_missing_certificate_is_one_line(cluster, run, tmp_path):
-    c = cluster("small.json")
+def journal_of_one_run(c, run, tmp_path, port, cert, key):
+    """The daemon's log after its first scheduled run (then SIGTERM) with [ui] set so."""
     conf = run.conf(c, "[balancing]\n[service]\ndaemon = 1\n[ui]\nport = %d\ncertificate = %s\nkey = %s\n"
-                    % (free_port(), tmp_path / "none.pem", tmp_path / "none.key"))
-    notify = Notify(tmp_path / "cert.sock")
+                    % (port, cert, key))
+    notify = Notify(tmp_path / ("one-run-%d.sock" % port))
     proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=dict(os.environ, NOTIFY_SOCKET=notify.path))
     try:
@@ -331,9 +308,26 @@ def test_a_missing_certificate_is_one_line(cluster, run, tmp_path):
         if proc.poll() is None:
             proc.kill()
     journal = proc.stderr.read()
+    assert "Traceback" not in journal
+    return journal
+
+
+def test_port_in_use_is_one_line_and_the_daemon_goes_on(cluster, run, tmp_path):
+    c = cluster("small.json")
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        journal = journal_of_one_run(c, run, tmp_path, port, c.cafile, c.keyfile)
+    assert re.search(r"\[ui\] port %d: cannot listen: .*; the web UI endpoint is off, rebalancing goes on"
+                     % port, journal), journal
+
+
+def test_a_missing_certificate_is_one_line(cluster, run, tmp_path):
+    c = cluster("small.json")
+    journal = journal_of_one_run(c, run, tmp_path, free_port(), tmp_path / "none.pem", tmp_path / "none.key")
     assert "[ui] cannot use the certificate %s with key %s: No such file or directory; the web UI endpoint " \
         "is off" % (tmp_path / "none.pem", tmp_path / "none.key") in journal, journal
-    assert "Traceback" not in journal
 
 
 # --- in-process units: the authentication cache, the rate limit, origins, certificate reload ---

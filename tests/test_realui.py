@@ -7,7 +7,7 @@ Pieces: tests/realui/build.sh (the UI tree), tests/realui/server.py (pveproxy-li
 proxies /api2 to the fake cluster), tests/realui/cdp.py (DevTools Protocol client).
 Needs the mirrors (/work/.mirror or $PRS_MIRROR_DIR) and what tests/lib.sh need_realui installs;
 skips otherwise. Screenshots go to $PRS_SCREENSHOTS (default: the test's tmp dir).
-$PRS_REALUI_ADDON overrides the add-on file (default webui/pve-prs-ui.js, else a stand-in).
+$PRS_REALUI_ADDON overrides the add-on file (default webui/pve-prs-ui.js).
 """
 
 import os
@@ -33,7 +33,6 @@ REPO_DIR = os.path.dirname(TESTS_DIR)
 BUILD = os.path.join(TESTS_DIR, 'realui', 'build.sh')
 MIRRORS = os.environ.get('PRS_MIRROR_DIR', '/work/.mirror')
 ADDON = os.environ.get('PRS_REALUI_ADDON') or os.path.join(REPO_DIR, 'webui', 'pve-prs-ui.js')
-STANDIN = os.path.join(TESTS_DIR, 'realui', 'standin.js')
 RELEASES = ['7.4', '8.4', '9.0', '9.2']
 # The only request allowed to fail: Debian's fonts-font-logos is not part of the test tree.
 EXPECTED_404 = re.compile(r'/pve2/font-logos/css/font-logos\.css$')
@@ -77,9 +76,9 @@ def ui_tree(release):
 
 
 def addon_file(tmp_path, rename=None):
-    """The add-on (or the stand-in), optionally with a hook point renamed as a future PVE might:
+    """The add-on, optionally with a hook point renamed as a future PVE might:
     rename=(old, new) replaces every quoted old in the script."""
-    source = ADDON if os.path.isfile(ADDON) else STANDIN
+    source = ADDON
     if not rename:
         return source
     with open(source) as fh:
