@@ -5,7 +5,7 @@ Run it with `tests/bench` (it prepares the virtual environments); the options:
 
   --quick              fewer instances and scenarios (about 3 minutes instead of about 15)
   --json FILE          also write every figure as one JSON document
-  --only PART[,PART]   optimum, hard, heldout, proxlb, scale (default: all five)
+  --only PART[,PART]   optimum, hard, heldout, proxlb, scale, ui (default: all six)
   --proxlb-python PY   the interpreter of the venv holding proxlb==2.3.0 (tests/bench sets it)
   --seeds N            instances per method in part 1 (default 10, quick 4)
   --milp-time-limit S  seconds per MILP (default 30)
@@ -40,6 +40,9 @@ Part 1, held-out set (heldout): the same generator on other seeds (from 100000),
 Part 2, ProxLB: PRS and ProxLB 2.3.0 each run one real rebalance on a fresh copy of the same
   fake cluster (tests/fakecluster.py serve, instant tasks), then plan a second run (dry run).
 Part 3, scale: plan() alone on 64-node clusters with 1,000 to 10,000 guests.
+Part 4, ui: the web UI endpoint of a PRS daemon on fake clusters of 4 x 40, 16 x 400 and
+  64 x 2,000 guests: latency and Proxmox API requests of GET status (cold and cached) and of a
+  preview, and the API requests per minute while a panel polls every 3 s.
 
 Not a test: pytest does not collect it (no test_ prefix), and tests/run does not run it.
 """
@@ -1511,7 +1514,99 @@ def part_scale(prs, args):
 # Targets and main
 # =====================================================================================
 
-PARTS = ('optimum', 'hard', 'heldout', 'proxlb', 'scale')
+PARTS = ('optimum', 'hard', 'heldout', 'proxlb', 'scale', 'ui')
+
+def part_ui(args):
+    """What the web UI endpoint costs: latency and Proxmox API requests of GET status (cold:
+    tickets checked and the cluster read; warm: both cached) and of a preview (a dry run), and
+    the requests per minute a panel causes while it polls every 3 s during an action; on fake
+    clusters of three sizes, a PRS daemon with [ui] port and schedule = 0 (it acts only when asked)."""
+    import requests
+    from fakecluster import FakeCluster, generate_scenario
+    sizes = ((4, 40), (16, 400)) if args.quick else ((4, 40), (16, 400), (64, 2000))
+    say('== Part 4: the web UI endpoint (GET status, POST preview) on the fake cluster ==')
+    rows, recs = [], []
+    for n_nodes, n_guests in sizes:
+        fake = FakeCluster(generate_scenario(7, nodes=n_nodes, guests=n_guests), time_scale=0.0).start()
+        workdir = tempfile.mkdtemp(prefix='prs-bench-ui-')
+        proc = None
+        try:
+            fake.add_user('ops@pve', 'ops-pw')
+            fake.grant('ops@pve', '/', 'Sys.Audit', 'VM.Migrate', 'VM.Audit')
+            port = free_port()
+            conf = os.path.join(workdir, 'prs.conf')
+            with open(conf, 'w') as fh:
+                fh.write('[proxmox]\napi_host = %s\napi_user = %s\napi_pass = %s\nca_file = %s\n'
+                         '[balancing]\nbalanciness = %g\n[service]\ndaemon = 1\nschedule = 0\n'
+                         'state_file = %s\n[ui]\nport = %d\ncertificate = %s\nkey = %s\n'
+                         % (fake.host, USER, PASSWORD, fake.cafile, BALANCINESS,
+                            os.path.join(workdir, 'state.json'), port, fake.cafile, fake.keyfile))
+            os.chmod(conf, 0o600)
+            proc = subprocess.Popen([sys.executable, EXECUTABLE, '-c', conf], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            base = 'https://127.0.0.1:%d' % port
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    requests.get(base + '/', verify=fake.cafile, timeout=5)
+                    break
+                except requests.exceptions.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            ticket = requests.post(fake.url + '/api2/json/access/ticket', verify=fake.cafile, timeout=10,
+                                   data={'username': 'ops@pve', 'password': 'ops-pw'}).json()['data']['ticket']
+            headers = {'Origin': 'https://127.0.0.1:8006', 'X-PRS-PVE-Ticket': ticket,
+                       'Content-Type': 'application/json'}
+            cold = ui_call(fake, base, headers, 'GET', '/prs/v1/status')
+            warm = ui_call(fake, base, headers, 'GET', '/prs/v1/status')
+            preview = ui_call(fake, base, headers, 'POST', '/prs/v1/preview', {'action': 'rebalance'})
+            # A panel following an action polls every 3 s; 30 s of it, counted per minute.
+            fake.reset_requests()
+            t_end = time.monotonic() + 30
+            while time.monotonic() < t_end:
+                requests.get(base + '/prs/v1/status', headers=headers, verify=fake.cafile, timeout=60)
+                time.sleep(3)
+            per_minute = sum(fake.request_counts().values()) * 2
+            rec = {'nodes': n_nodes, 'guests': n_guests, 'status_cold_ms': round(cold[0], 1),
+                   'status_cold_requests': cold[1], 'status_warm_ms': round(warm[0], 1),
+                   'status_warm_requests': warm[1], 'preview_ms': round(preview[0], 1),
+                   'preview_requests': preview[1], 'polling_requests_per_minute': per_minute}
+            recs.append(rec)
+            rows.append(['%d x %d' % (n_nodes, n_guests), '%.0f ms / %d' % cold, '%.0f ms / %d' % warm,
+                         '%.0f ms / %d' % preview, per_minute])
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+            fake.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    say(table(['nodes x guests', 'status, cold (ms / API requests)', 'status, warm', 'preview',
+               'API requests/min while polling'], rows))
+    say('   cold: the two privilege checks (Sys.Audit, VM.Migrate) and a cluster read; warm: both cached '
+        '(30 s, 10 s). Polling every 3 s costs the cluster reads (every 10 s) and a re-check every 30 s.')
+    return {'runs': recs}
+
+
+def ui_call(fake, base, headers, method, path, body=None):
+    """(milliseconds, Proxmox API requests) of one request to the endpoint."""
+    import requests
+    fake.reset_requests()
+    t0 = time.perf_counter()
+    answer = requests.request(method, base + path, headers=headers, verify=fake.cafile, timeout=600,
+                              data=None if body is None else json.dumps(body))
+    ms = (time.perf_counter() - t0) * 1000
+    assert answer.status_code == 200, answer.text
+    return ms, sum(fake.request_counts().values())
+
+
+def free_port():
+    """A TCP port free on loopback just now."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
 
 def targets(report):
     out = []
@@ -1650,6 +1745,9 @@ def main(argv=None):
             say()
         if 'proxlb' in parts:
             report['proxlb'] = part_proxlb(args, workdir)
+            say()
+        if 'ui' in parts:
+            report['ui'] = part_ui(args)
             say()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
