@@ -13,16 +13,14 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 requests = pytest.importorskip("requests")
 
-from prsmodule import EXECUTABLE, prs  # noqa: E402
-from test_e2e import Notify, stop  # noqa: E402
+from prsmodule import prs  # noqa: E402
+from test_e2e import daemon, stop  # noqa: E402
 
 ORIGIN = "https://127.0.0.1:8006"
 
@@ -83,11 +81,8 @@ def endpoint(c, run, tmp_path, extra="", schedule="0", env=None):
     port = free_port()
     conf = run.conf(c, "[balancing]\n%s\n[service]\ndaemon = 1\nschedule = %s\n[ui]\nport = %d\n"
                     "certificate = %s\nkey = %s\n" % (extra, schedule, port, c.cafile, c.keyfile))
-    notify = Notify(tmp_path / ("ui-%d.sock" % port))
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, NOTIFY_SOCKET=notify.path, **(env or {})))
-    e = Endpoint(c, proc, port, notify)
-    try:
+    with daemon(conf, tmp_path, name="ui-%d" % port, env=env) as (proc, notify):
+        e = Endpoint(c, proc, port, notify)
         assert notify.read_until("READY=1"), "the daemon did not start"
         deadline = time.monotonic() + 30
         while True:
@@ -98,10 +93,6 @@ def endpoint(c, run, tmp_path, extra="", schedule="0", env=None):
                 assert time.monotonic() < deadline, "the endpoint did not come up"
                 time.sleep(0.1)
         yield e
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_viewer_looks_ops_acts_and_the_journal_names_who_asked(cluster, run, tmp_path):
@@ -298,15 +289,9 @@ def journal_of_one_run(c, run, tmp_path, port, cert, key):
     """The daemon's log after its first scheduled run (then SIGTERM) with [ui] set so."""
     conf = run.conf(c, "[balancing]\n[service]\ndaemon = 1\n[ui]\nport = %d\ncertificate = %s\nkey = %s\n"
                     % (port, cert, key))
-    notify = Notify(tmp_path / ("one-run-%d.sock" % port))
-    proc = subprocess.Popen([sys.executable, EXECUTABLE, "-c", conf], text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, NOTIFY_SOCKET=notify.path))
-    try:
+    with daemon(conf, tmp_path, name="one-run-%d" % port) as (proc, notify):
         assert notify.read_until("next run")
         stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     journal = proc.stderr.read()
     assert "Traceback" not in journal
     return journal
